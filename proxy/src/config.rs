@@ -1,0 +1,697 @@
+//! Configuration in two layers: serde structs that mirror the TOML file (defaults, unknown keys
+//! rejected), validated once into runtime types ([`Settings`]) that the rest of the proxy uses.
+//!
+//! Every error names the file, the line and column where they can be found, and the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::config_locate::{key_at, line_col, span_of};
+
+/// The file as written: every key optional except `upstream.backends`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    server: FileServer,
+    upstream: FileUpstream,
+    #[serde(default)]
+    rate_limit: FileRateLimit,
+    #[serde(default)]
+    headers: FileHeaders,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    log: FileLog,
+}
+
+/// A key that takes one string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileServer {
+    /// Address(es) the proxy listens on.
+    listen: OneOrMany,
+    /// Worker threads of the proxy service.
+    threads: usize,
+    /// Seconds to keep serving in-flight requests after SIGTERM before runtimes shut down.
+    grace_period_seconds: u64,
+    /// Seconds the runtimes get to finish their tasks after the grace period.
+    graceful_shutdown_timeout_seconds: u64,
+    /// Unix socket over which `-u` takes the listeners over.
+    upgrade_sock: String,
+    /// PID file (written when daemonized).
+    pid_file: String,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        Self {
+            listen: OneOrMany::One("127.0.0.1:8080".into()),
+            threads: 2,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 5,
+            upgrade_sock: "/tmp/proxy-upgrade.sock".into(),
+            pid_file: "/tmp/proxy.pid".into(),
+        }
+    }
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+fn default_read_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_seconds() -> u64 {
+    60
+}
+fn default_max_retries() -> usize {
+    2
+}
+fn default_keepalive_pool_size() -> usize {
+    128
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    /// `host:port` of every backend; host names are re-resolved periodically.
+    backends: Vec<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms")]
+    read_timeout_ms: u64,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(default = "default_idle_timeout_seconds")]
+    idle_timeout_seconds: u64,
+    /// Other backends tried after a failure (so `max_retries + 1` attempts at most).
+    #[serde(default = "default_max_retries")]
+    max_retries: usize,
+    /// Idle upstream connections kept per worker thread.
+    #[serde(default = "default_keepalive_pool_size")]
+    keepalive_pool_size: usize,
+    #[serde(default)]
+    health_check: FileHealthCheck,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileHealthCheck {
+    path: String,
+    interval_ms: u64,
+    timeout_ms: u64,
+}
+
+impl Default for FileHealthCheck {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval_ms: 1000,
+            timeout_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRateLimit {
+    enabled: bool,
+    requests: u32,
+    window_seconds: u64,
+    trusted_proxies: Vec<String>,
+    exempt: Vec<String>,
+    max_clients: usize,
+    max_inflight_per_client: u32,
+}
+
+impl Default for FileRateLimit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            requests: 100,
+            window_seconds: 60,
+            trusted_proxies: Vec::new(),
+            exempt: Vec::new(),
+            max_clients: 100_000,
+            max_inflight_per_client: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileHeaders {
+    request: BTreeMap<String, String>,
+    response: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileAdmin {
+    listen: String,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9091".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLog {
+    level: String,
+    file: Option<PathBuf>,
+    access_log: bool,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            file: None,
+            access_log: true,
+        }
+    }
+}
+
+/// The validated configuration the proxy runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    pub rate_limit: RateLimitSettings,
+    pub headers: HeaderSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+}
+
+/// One configured backend: a host (IP literal or DNS name) and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BackendAddr {
+    /// The spelling used in logs, metrics labels and `X-Upstream`.
+    pub fn label(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSettings {
+    pub backends: Vec<BackendAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_retries: usize,
+    pub keepalive_pool_size: usize,
+    pub health_check: HealthCheckSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSettings {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub requests: NonZeroU32,
+    pub window: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub exempt: Vec<IpNet>,
+    pub max_clients: NonZeroUsize,
+    /// 0 = no cap.
+    pub max_inflight_per_client: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderSettings {
+    pub request: Vec<(HeaderName, HeaderValue)>,
+    pub response: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    pub level: String,
+    pub file: Option<PathBuf>,
+    pub access_log: bool,
+}
+
+/// Why a config file was rejected. `Display` is the one line an operator reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        /// `key: ` prefix, empty when TOML itself is malformed.
+        key: String,
+        message: String,
+    },
+}
+
+/// Reads, parses and validates `path`. Runs at start-up and on reload, never inside a request.
+pub fn load_config(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_config(&text, &path.display().to_string())
+}
+
+/// Parses and validates config text; `origin` names the file in errors.
+pub fn parse_config(text: &str, origin: &str) -> Result<Settings, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let (line, column) = line_col(text, span.start);
+        let key = key_at(text, span.start)
+            .map(|k| format!("{k}: "))
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            path: origin.to_owned(),
+            line,
+            column,
+            key,
+            message: e.message().trim().to_owned(),
+        }
+    })?;
+    validate(file).map_err(|(key, message)| {
+        let (line, column) = span_of(text, &key)
+            .map(|span| line_col(text, span.start))
+            .unwrap_or((1, 1));
+        ConfigError::Invalid {
+            path: origin.to_owned(),
+            line,
+            column,
+            key: format!("{key}: "),
+            message,
+        }
+    })
+}
+
+/// A validation failure: the dotted key and what is wrong with its value.
+type Invalid = (String, String);
+
+fn invalid(key: &str, message: impl Into<String>) -> Invalid {
+    (key.to_owned(), message.into())
+}
+
+fn validate(file: FileConfig) -> Result<Settings, Invalid> {
+    Ok(Settings {
+        server: validate_server(file.server)?,
+        upstream: validate_upstream(file.upstream)?,
+        rate_limit: validate_rate_limit(file.rate_limit)?,
+        headers: HeaderSettings {
+            request: validate_headers("headers.request", file.headers.request)?,
+            response: validate_headers("headers.response", file.headers.response)?,
+        },
+        admin: AdminSettings {
+            listen: parse_socket_addr("admin.listen", &file.admin.listen)?,
+        },
+        log: validate_log(file.log)?,
+    })
+}
+
+fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
+    let listen_strings = s.listen.into_vec();
+    if listen_strings.is_empty() {
+        return Err(invalid("server.listen", "at least one address is required"));
+    }
+    let listen = listen_strings
+        .iter()
+        .map(|a| parse_socket_addr("server.listen", a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if s.threads == 0 || s.threads > 1024 {
+        return Err(invalid("server.threads", "must be between 1 and 1024"));
+    }
+    if s.upgrade_sock.trim().is_empty() {
+        return Err(invalid("server.upgrade_sock", "must be a path"));
+    }
+    if s.pid_file.trim().is_empty() {
+        return Err(invalid("server.pid_file", "must be a path"));
+    }
+    Ok(ServerSettings {
+        listen,
+        threads: s.threads,
+        grace_period_seconds: s.grace_period_seconds,
+        graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
+        upgrade_sock: s.upgrade_sock,
+        pid_file: s.pid_file,
+    })
+}
+
+fn validate_upstream(u: FileUpstream) -> Result<UpstreamSettings, Invalid> {
+    if u.backends.is_empty() {
+        return Err(invalid(
+            "upstream.backends",
+            "at least one backend (host:port) is required",
+        ));
+    }
+    let mut backends = Vec::with_capacity(u.backends.len());
+    for raw in &u.backends {
+        let backend = parse_backend(raw).map_err(|m| invalid("upstream.backends", m))?;
+        if backends.contains(&backend) {
+            return Err(invalid(
+                "upstream.backends",
+                format!("\"{raw}\" is listed twice"),
+            ));
+        }
+        backends.push(backend);
+    }
+    if u.max_retries > 15 {
+        return Err(invalid("upstream.max_retries", "must be between 0 and 15"));
+    }
+    if u.keepalive_pool_size == 0 {
+        return Err(invalid(
+            "upstream.keepalive_pool_size",
+            "must be at least 1",
+        ));
+    }
+    let hc = u.health_check;
+    if !hc.path.starts_with('/') || hc.path.parse::<http::Uri>().is_err() {
+        return Err(invalid(
+            "upstream.health_check.path",
+            format!("\"{}\" is not an absolute path like /health", hc.path),
+        ));
+    }
+    Ok(UpstreamSettings {
+        backends,
+        connect_timeout: positive_ms("upstream.connect_timeout_ms", u.connect_timeout_ms)?,
+        read_timeout: positive_ms("upstream.read_timeout_ms", u.read_timeout_ms)?,
+        idle_timeout: positive_secs("upstream.idle_timeout_seconds", u.idle_timeout_seconds)?,
+        max_retries: u.max_retries,
+        keepalive_pool_size: u.keepalive_pool_size,
+        health_check: HealthCheckSettings {
+            path: hc.path,
+            interval: positive_ms("upstream.health_check.interval_ms", hc.interval_ms)?,
+            timeout: positive_ms("upstream.health_check.timeout_ms", hc.timeout_ms)?,
+        },
+    })
+}
+
+fn validate_rate_limit(r: FileRateLimit) -> Result<RateLimitSettings, Invalid> {
+    let requests = NonZeroU32::new(r.requests)
+        .ok_or_else(|| invalid("rate_limit.requests", "must be at least 1"))?;
+    let window = positive_secs("rate_limit.window_seconds", r.window_seconds)?;
+    if r.window_seconds > 86_400 {
+        return Err(invalid(
+            "rate_limit.window_seconds",
+            "must be at most 86400 (one day)",
+        ));
+    }
+    let max_clients = NonZeroUsize::new(r.max_clients)
+        .ok_or_else(|| invalid("rate_limit.max_clients", "must be at least 1"))?;
+    Ok(RateLimitSettings {
+        enabled: r.enabled,
+        requests,
+        window,
+        trusted_proxies: parse_cidrs("rate_limit.trusted_proxies", &r.trusted_proxies)?,
+        exempt: parse_cidrs("rate_limit.exempt", &r.exempt)?,
+        max_clients,
+        max_inflight_per_client: r.max_inflight_per_client,
+    })
+}
+
+fn validate_log(l: FileLog) -> Result<LogSettings, Invalid> {
+    if tracing_subscriber::EnvFilter::try_new(&l.level).is_err() {
+        return Err(invalid(
+            "log.level",
+            format!(
+                "\"{}\" is not a level (error, warn, info, debug, trace) or filter",
+                l.level
+            ),
+        ));
+    }
+    if let Some(file) = &l.file {
+        if file.as_os_str().is_empty() || file.file_name().is_none() {
+            return Err(invalid("log.file", "must name a file"));
+        }
+    }
+    Ok(LogSettings {
+        level: l.level,
+        file: l.file,
+        access_log: l.access_log,
+    })
+}
+
+fn validate_headers(
+    key: &str,
+    headers: BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, Invalid> {
+    headers
+        .into_iter()
+        .map(|(name, value)| {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(key, format!("\"{name}\" is not a valid header name")))?;
+            let value = HeaderValue::from_str(&value).map_err(|_| {
+                invalid(
+                    key,
+                    format!("the value of \"{name}\" is not a valid header value"),
+                )
+            })?;
+            Ok((header, value))
+        })
+        .collect()
+}
+
+fn parse_socket_addr(key: &str, raw: &str) -> Result<SocketAddr, Invalid> {
+    raw.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("\"{raw}\" is not an IP:port address (e.g. 127.0.0.1:8080 or [::1]:8080)"),
+        )
+    })
+}
+
+/// `host:port` where host is an IP literal (IPv6 in brackets) or a DNS name. Nothing is resolved
+/// here, so `-t` works where the names do not resolve (e.g. outside docker compose).
+fn parse_backend(raw: &str) -> Result<BackendAddr, String> {
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("\"{raw}\": port must not be 0"));
+        }
+        return Ok(BackendAddr {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let bad = || format!("\"{raw}\" is not host:port (e.g. 127.0.0.1:9001 or backend1:9000)");
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(format!("\"{raw}\": port must not be 0"));
+    }
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let host_ok = !host.is_empty() && host.len() <= 253 && host.split('.').all(valid_label);
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok(BackendAddr {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+fn parse_cidrs(key: &str, raw: &[String]) -> Result<Vec<IpNet>, Invalid> {
+    raw.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| invalid(key, format!("\"{s}\" is not an IP address or CIDR")))
+        })
+        .collect()
+}
+
+fn positive_ms(key: &str, ms: u64) -> Result<Duration, Invalid> {
+    if ms == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn positive_secs(key: &str, secs: u64) -> Result<Duration, Invalid> {
+    if secs == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[upstream]\nbackends = [\"127.0.0.1:9001\", \"backend2:9000\"]\n";
+
+    fn err(text: &str) -> String {
+        match parse_config(text, "test.toml") {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_file_gets_contract_defaults() {
+        let s = parse_config(MINIMAL, "test.toml").unwrap();
+        assert_eq!(s.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(s.server.threads, 2);
+        assert_eq!(s.server.grace_period_seconds, 5);
+        assert_eq!(s.upstream.connect_timeout, Duration::from_millis(1000));
+        assert_eq!(s.upstream.read_timeout, Duration::from_millis(30_000));
+        assert_eq!(s.upstream.max_retries, 2);
+        assert_eq!(s.upstream.health_check.path, "/health");
+        assert_eq!(s.rate_limit.requests.get(), 100);
+        assert_eq!(s.rate_limit.window, Duration::from_secs(60));
+        assert_eq!(s.rate_limit.max_clients.get(), 100_000);
+        assert!(s.rate_limit.enabled);
+        assert_eq!(s.admin.listen, "127.0.0.1:9091".parse().unwrap());
+        assert_eq!(s.log.level, "info");
+        assert_eq!(
+            s.upstream.backends[1],
+            BackendAddr {
+                host: "backend2".into(),
+                port: 9000
+            }
+        );
+    }
+
+    #[test]
+    fn listen_takes_a_list() {
+        let s = parse_config(
+            &format!("[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\n{MINIMAL}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(s.server.listen.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = err(&format!("{MINIMAL}colour = 3\n"));
+        assert!(e.starts_with("test.toml:3:"), "{e}");
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn malformed_toml_names_the_line() {
+        let e = err("[upstream\nbackends = []\n");
+        assert!(e.starts_with("test.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn empty_backends_rejected() {
+        let e = err("[upstream]\nbackends = []\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        assert!(e.contains("upstream.backends"), "{e}");
+    }
+
+    #[test]
+    fn bad_backend_address_rejected() {
+        let e = err("[upstream]\nbackends = [\"127.0.0.1\"]\n");
+        assert!(e.contains("upstream.backends"), "{e}");
+        assert!(e.contains("127.0.0.1"), "{e}");
+        let e = err("[upstream]\nbackends = [\"bad host:80\"]\n");
+        assert!(e.contains("upstream.backends"), "{e}");
+    }
+
+    #[test]
+    fn zero_timeout_rejected_with_its_line() {
+        let e = err(&format!(
+            "{MINIMAL}read_timeout_ms = 0\n[upstream.health_check]\ninterval_ms = 10\n"
+        ));
+        assert!(e.starts_with("test.toml:3:"), "{e}");
+        assert!(e.contains("upstream.read_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = err(&format!("{MINIMAL}[rate_limit]\nrequests = \"many\"\n"));
+        assert!(e.starts_with("test.toml:4:"), "{e}");
+        assert!(e.contains("rate_limit.requests"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidr_and_header_rejected() {
+        let e = err(&format!(
+            "{MINIMAL}[rate_limit]\ntrusted_proxies = [\"10.0.0.0/33\"]\n"
+        ));
+        assert!(e.contains("rate_limit.trusted_proxies"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}[headers]\nresponse = {{ \"bad name\" = \"x\" }}\n"
+        ));
+        assert!(e.contains("headers.response"), "{e}");
+    }
+
+    #[test]
+    fn cidrs_and_plain_addresses_accepted() {
+        let s = parse_config(
+            &format!("{MINIMAL}[rate_limit]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.2\"]\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(s.rate_limit.trusted_proxies.len(), 2);
+    }
+}

@@ -1,0 +1,360 @@
+//! The proxy itself: Pingora's request phases, in the order they run.
+//!
+//! `request_filter` identifies and limits the client; `upstream_peer` picks a backend not yet
+//! tried; `fail_to_connect` / `error_while_proxy` decide retries; the response filters add
+//! headers; `fail_to_proxy` writes our JSON errors; `logging` records metrics and the access log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyWarnLogContext, Session};
+use pingora_limits::inflight::Inflight;
+
+use crate::access_log;
+use crate::client_ip::{client_ip, in_any};
+use crate::context::{InflightGuard, RequestCtx};
+use crate::headers::{self, X_FORWARDED_FOR};
+use crate::metrics::{method_label, Metrics};
+use crate::rate_limit::ClientKey;
+use crate::responses::{classify, write_error};
+use crate::state::LiveState;
+use crate::upstream::{self, BackendInfo};
+
+/// Backends considered per pick; above any realistic pool size (RoundRobin counts duplicates).
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+/// The gateway service: everything shared across requests.
+pub struct Gateway {
+    pub live: LiveState,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub metrics: Arc<Metrics>,
+    /// Concurrent requests per client (approximate; only consulted when a cap is set).
+    pub client_inflight: Inflight,
+}
+
+impl Gateway {
+    pub fn new(live: LiveState, lb: Arc<LoadBalancer<RoundRobin>>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            live,
+            lb,
+            metrics,
+            client_inflight: Inflight::new(),
+        }
+    }
+
+    /// Whether another attempt could go to a healthy backend this request has not tried.
+    fn untried_backend_left(&self, ctx: &RequestCtx) -> bool {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .any(|b| backends.ready(b) && !ctx.tried.contains(b))
+    }
+
+    /// Marks `e` retryable when the budget and the pool allow, and counts the retry.
+    fn decide_retry(&self, e: &mut Error, ctx: &RequestCtx, retryable: bool) {
+        let settings = &ctx.live.settings;
+        let retry = retryable
+            && ctx.attempts <= settings.upstream.max_retries
+            && self.untried_backend_left(ctx);
+        e.set_retry(retry);
+        if retry {
+            if let Some(b) = &ctx.backend {
+                b.metrics.retries.inc();
+            }
+            tracing::warn!(
+                request_id = ctx.request_id(),
+                backend = ctx.backend_label(),
+                attempt = ctx.attempts,
+                cause = %e,
+                "upstream attempt failed; retrying on another backend"
+            );
+        }
+    }
+
+    /// Answers 429 with the rate-limit headers and JSON body.
+    async fn reject(&self, session: &mut Session, ctx: &RequestCtx, why: &str) -> Result<bool> {
+        self.metrics.rate_limited.inc();
+        tracing::debug!(
+            request_id = ctx.request_id(),
+            client = ?ctx.client.map(ClientKey::from_ip).map(|k| k.to_string()),
+            why,
+            "rate limited"
+        );
+        write_error(session, ctx, 429, "rate limited", true).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::new(self.live.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.inflight = Some(InflightGuard::new(&self.metrics.inflight));
+        ctx.request_id = headers::request_id(session.req_header());
+        let peer: Option<IpAddr> = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.peer = peer;
+
+        let live = ctx.live.clone();
+        let rl = &live.settings.rate_limit;
+        let Some(limiter) = &live.limiter else {
+            ctx.client = peer;
+            return Ok(false);
+        };
+        let Some(peer) = peer else {
+            return Ok(false);
+        };
+        let forwarded = if rl.trusted_proxies.is_empty() {
+            None
+        } else {
+            joined_header(session.req_header(), &X_FORWARDED_FOR)
+        };
+        let client = client_ip(peer, forwarded.as_deref(), &rl.trusted_proxies);
+        ctx.client = Some(client);
+        if in_any(&rl.exempt, client) {
+            return Ok(false);
+        }
+        let key = ClientKey::from_ip(client);
+        let decision = limiter.check(key);
+        ctx.rate = Some(decision);
+        if !decision.allowed {
+            return self.reject(session, ctx, "request budget spent").await;
+        }
+        if rl.max_inflight_per_client > 0 {
+            let (guard, count) = self.client_inflight.incr(key, 1);
+            ctx.client_inflight = Some(guard);
+            if count > rl.max_inflight_per_client as isize {
+                return self
+                    .reject(session, ctx, "too many concurrent requests")
+                    .await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.attempts += 1;
+        let tried = &ctx.tried;
+        let picked = self
+            .lb
+            .select_with(b"", MAX_SELECT_ITERATIONS, |b, healthy| {
+                healthy && !tried.contains(b)
+            });
+        let Some(backend) = picked else {
+            return if ctx.tried.is_empty() {
+                Error::e_explain(HTTPStatus(503), "no healthy backend")
+            } else {
+                Error::e_explain(HTTPStatus(502), "every backend tried failed")
+            };
+        };
+        let info = upstream::info(&backend).cloned();
+        let Some(addr) = backend.addr.as_inet().copied() else {
+            return Error::e_explain(InternalError, "backend without an inet address");
+        };
+        ctx.backend = info;
+        ctx.tried.push(backend);
+
+        let up = &ctx.live.settings.upstream;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.read_timeout);
+        peer.options.idle_timeout = Some(up.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(b) = &ctx.backend {
+            if reused {
+                b.metrics.connections_reused.inc();
+            } else {
+                b.metrics.connections_new.inc();
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        headers::add_upstream_headers(upstream_request, ctx)?;
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(sent) = ctx.upstream_sent {
+            ctx.upstream_time = Some(sent.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(b) = &ctx.backend {
+            upstream_response.insert_header(headers::X_UPSTREAM, b.header_value.clone())?;
+        }
+        headers::add_downstream_headers(upstream_response, ctx)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the backend: any method may go elsewhere.
+        self.decide_retry(&mut e, ctx, true);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // Retry only what is safe to send twice and what the client has not seen any of; a
+        // timeout means the backend may still be working on it, so it is not retried.
+        let retryable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && !matches!(e.etype(), ReadTimedout | WriteTimedout);
+        self.decide_retry(&mut e, ctx, retryable);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let (status, message) = classify(e);
+        if status == 0 {
+            tracing::debug!(request_id = ctx.request_id(), cause = %e, "client went away");
+        } else if status >= 500 {
+            tracing::error!(
+                request_id = ctx.request_id(),
+                backend = ctx.backend_label(),
+                attempts = ctx.attempts,
+                status,
+                cause = %e,
+                "request failed"
+            );
+        } else {
+            tracing::info!(request_id = ctx.request_id(), status, cause = %e, "bad request");
+        }
+        // Nothing can be sent once the response has started, or to a client that is gone.
+        if status != 0 && session.response_written().is_none() {
+            if let Err(write_err) = write_error(session, ctx, status, message, false).await {
+                tracing::debug!(request_id = ctx.request_id(), error = %write_err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        // fail_to_proxy logs every failure once, with the request id.
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // decide_retry logs retries with the request id.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX)
+    where
+        Self::CTX: Send + Sync,
+    {
+        let elapsed = ctx.start.elapsed();
+        // 499 (as nginx): the client went away before any response was written.
+        let status = session
+            .response_written()
+            .map_or(http::StatusCode::from_u16(499).ok(), |r| Some(r.status));
+        let status_label = status.as_ref().map_or("499", |s| s.as_str());
+        let method = method_label(&session.req_header().method);
+        let answered_by: Option<&Arc<BackendInfo>> =
+            ctx.backend.as_ref().filter(|_| ctx.upstream_time.is_some());
+        let backend_metrics = answered_by.map_or(self.metrics.no_backend(), |b| &b.metrics);
+        self.metrics
+            .count_request(&backend_metrics.label, method, status_label);
+        backend_metrics.duration.observe(elapsed.as_secs_f64());
+        if let Some(t) = ctx.upstream_time {
+            backend_metrics.upstream_response.observe(t.as_secs_f64());
+        }
+        if ctx.live.settings.log.access_log {
+            access_log::write(session, ctx, status_label, elapsed);
+        }
+        ctx.client_inflight = None;
+    }
+}
+
+/// All values of a header joined with ", " (as a proxy chain would have sent them).
+fn joined_header(req: &RequestHeader, name: &http::HeaderName) -> Option<String> {
+    let mut values = req.headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut joined = String::from_utf8_lossy(first.as_bytes()).into_owned();
+    for v in values {
+        joined.push_str(", ");
+        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(joined)
+}

@@ -1,0 +1,265 @@
+//! Prometheus metrics owned by the app: one registry, handles created once.
+//!
+//! Per-backend handles live in [`BackendMetrics`] (resolved when a backend is discovered, not
+//! per request); `gateway_requests_total` is looked up per request with borrowed label values.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets from 0.5 ms to 10 s, fine below 10 ms where a loopback backend answers.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Label value for requests no backend answered (429, 502, 503).
+pub const NO_BACKEND: &str = "none";
+
+/// Every gateway metric, registered in the app's own registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_response: HistogramVec,
+    backend_up: IntGaugeVec,
+    pub rate_limited: IntCounter,
+    retries: IntCounterVec,
+    connections: IntCounterVec,
+    reloads: IntCounterVec,
+    pub inflight: IntGauge,
+    none: Arc<BackendMetrics>,
+    /// Handles of configured backends by label, so rediscovery keeps health-driven values.
+    backends: Mutex<HashMap<String, Arc<BackendMetrics>>>,
+}
+
+/// Handles for one backend label, resolved once.
+pub struct BackendMetrics {
+    pub label: Arc<str>,
+    pub duration: Histogram,
+    pub upstream_response: Histogram,
+    pub retries: IntCounter,
+    pub connections_reused: IntCounter,
+    pub connections_new: IntCounter,
+    pub up: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_requests_total",
+                "Requests answered, by backend, method and status",
+            ),
+            &["backend", "method", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from the request's first byte to the response's last byte",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend"],
+        )?;
+        let upstream_response = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_upstream_response_seconds",
+                "Time from sending the request upstream to the upstream's response header",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend"],
+        )?;
+        let backend_up = IntGaugeVec::new(
+            Opts::new(
+                "gateway_backend_up",
+                "1 when the backend passes health checks, else 0",
+            ),
+            &["backend"],
+        )?;
+        let rate_limited = IntCounter::new(
+            "gateway_rate_limited_total",
+            "Requests answered 429 by the rate limiter",
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_retries_total",
+                "Attempts that failed and were retried on another backend, by the backend that failed",
+            ),
+            &["backend"],
+        )?;
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_connections_total",
+                "Upstream connections used, by whether they came from the keepalive pool",
+            ),
+            &["backend", "reused"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("gateway_config_reloads_total", "Config reloads by result"),
+            &["result"],
+        )?;
+        let inflight = IntGauge::new("gateway_inflight_requests", "Requests being processed")?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("gateway_build_info", "Build information; always 1"),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_response.clone()))?;
+        registry.register(Box::new(backend_up.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        let none = Arc::new(BackendMetrics::new(
+            NO_BACKEND,
+            &duration,
+            &upstream_response,
+            &retries,
+            &connections,
+            &backend_up,
+            false,
+        ));
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            upstream_response,
+            backend_up,
+            rate_limited,
+            retries,
+            connections,
+            reloads,
+            inflight,
+            none,
+            backends: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Handles for a configured backend; its `gateway_backend_up` series starts at 1, as
+    /// Pingora starts every backend healthy until a check says otherwise.
+    pub fn backend(&self, label: &str) -> Arc<BackendMetrics> {
+        let mut known = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = known.get(label) {
+            return m.clone();
+        }
+        let m = Arc::new(BackendMetrics::new(
+            label,
+            &self.duration,
+            &self.upstream_response,
+            &self.retries,
+            &self.connections,
+            &self.backend_up,
+            true,
+        ));
+        known.insert(label.to_owned(), m.clone());
+        m
+    }
+
+    /// Handles for requests no backend answered.
+    pub fn no_backend(&self) -> &Arc<BackendMetrics> {
+        &self.none
+    }
+
+    /// Drops the up/down series of a backend that left the configuration.
+    pub fn forget_backend(&self, label: &str) {
+        let mut known = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        known.remove(label);
+        let _ = self.backend_up.remove_label_values(&[label]);
+    }
+
+    pub fn count_request(&self, backend: &str, method: &str, status: &str) {
+        self.requests
+            .with_label_values(&[backend, method, status])
+            .inc();
+    }
+
+    pub fn count_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        buf
+    }
+}
+
+impl BackendMetrics {
+    fn new(
+        label: &str,
+        duration: &HistogramVec,
+        upstream_response: &HistogramVec,
+        retries: &IntCounterVec,
+        connections: &IntCounterVec,
+        backend_up: &IntGaugeVec,
+        real_backend: bool,
+    ) -> Self {
+        if !real_backend {
+            // "none" only labels requests and latency; it has no connections, retries or health.
+            let detached = || IntCounter::new("detached", "not exported").ok();
+            let counter = || detached().unwrap_or_else(|| retries.with_label_values(&[label]));
+            return Self {
+                label: Arc::from(label),
+                duration: duration.with_label_values(&[label]),
+                upstream_response: upstream_response.with_label_values(&[label]),
+                retries: counter(),
+                connections_reused: counter(),
+                connections_new: counter(),
+                up: IntGauge::new("detached", "not exported")
+                    .unwrap_or_else(|_| backend_up.with_label_values(&[label])),
+            };
+        }
+        let up = backend_up.with_label_values(&[label]);
+        up.set(1);
+        Self {
+            label: Arc::from(label),
+            duration: duration.with_label_values(&[label]),
+            upstream_response: upstream_response.with_label_values(&[label]),
+            retries: retries.with_label_values(&[label]),
+            connections_reused: connections.with_label_values(&[label, "true"]),
+            connections_new: connections.with_label_values(&[label, "false"]),
+            up,
+        }
+    }
+}
+
+/// Known HTTP methods keep their name as a label; anything else is "OTHER".
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}

@@ -1,0 +1,391 @@
+//! Exact per-client rate limiting: a sliding-window counter per client key.
+//!
+//! Each client has the count of its previous and current window and the start of the current
+//! window (windows are anchored at the client's first request). A request is admitted when
+//! `prev × (remaining fraction of the current window) + curr + 1 ≤ limit`, in integer
+//! arithmetic. Admission and the increment happen under one shard lock, so concurrent requests
+//! from one client are counted exactly. Rejected requests use no budget.
+//!
+//! The weighting of the previous window assumes its requests were spread evenly; a client that
+//! sent its whole budget at the very end of one window can send a weighted share early in the
+//! next. A burst is never admitted beyond the limit.
+//!
+//! Memory is bounded: at most `max_clients` entries, kept in per-shard LRU lists so the client
+//! idle the longest is evicted first. An entry costs about 100 bytes (key, 16-byte state, LRU
+//! node and hash slot); 100,000 clients take about 10 MB.
+
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+/// The identity a budget belongs to: an IPv4 address, or an IPv6 /64 (one host owns a /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    pub fn from_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => ClientKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey(IpAddr::V4(v4)),
+                None => {
+                    let masked = u128::from(v6) & !((1u128 << 64) - 1);
+                    ClientKey(IpAddr::V6(masked.into()))
+                }
+            },
+        }
+    }
+
+    fn bits(&self) -> u128 {
+        match self.0 {
+            IpAddr::V4(v4) => u32::from(v4) as u128,
+            IpAddr::V6(v6) => u128::from(v6),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// The outcome of one check, with what the rate-limit headers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    /// Requests left in the window after this one.
+    pub remaining: u32,
+    /// Whole seconds until the current window ends (at least 1).
+    pub reset_secs: u64,
+    /// Whole seconds until a request would be admitted (rejections only; 0 otherwise). After a
+    /// full burst this is the window plus one window/limit slice (60.6 s → 61 for 100/60 s):
+    /// the previous window's weight must fall by one request first. It is never rounded down,
+    /// so a client that waits as told is admitted.
+    pub retry_after_secs: u64,
+}
+
+/// Per-client state: 16 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// Start of the current window, in ms since the limiter's epoch.
+    start_ms: u64,
+    prev: u32,
+    curr: u32,
+}
+
+/// Limit settings a limiter is built with; a reload that changes them builds a new limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub requests: u32,
+    pub window: Duration,
+    pub max_clients: NonZeroUsize,
+}
+
+/// Sharded map of exact sliding-window counters, owned by the gateway.
+pub struct RateLimiter {
+    limits: Limits,
+    window_ms: u64,
+    epoch: Instant,
+    shard_bits: u32,
+    shards: Box<[Mutex<LruCache<ClientKey, Window>>]>,
+}
+
+impl RateLimiter {
+    pub fn new(limits: Limits) -> Self {
+        // One shard per ~1024 clients, up to 64: exact LRU for small caps, little contention for
+        // large ones. The shard capacities add up to at most `max_clients`.
+        let wanted = (limits.max_clients.get() / 1024).clamp(1, 64);
+        let shard_count = wanted.next_power_of_two().min(64);
+        let shard_count = if shard_count > wanted {
+            shard_count / 2
+        } else {
+            shard_count
+        }
+        .max(1);
+        let per_shard =
+            NonZeroUsize::new(limits.max_clients.get() / shard_count).unwrap_or(NonZeroUsize::MIN);
+        let shards = (0..shard_count)
+            .map(|_| Mutex::new(LruCache::new(per_shard)))
+            .collect();
+        Self {
+            limits,
+            window_ms: limits.window.as_millis().max(1) as u64,
+            epoch: Instant::now(),
+            shard_bits: shard_count.trailing_zeros(),
+            shards,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Checks and, when admitted, counts one request from `key` now.
+    pub fn check(&self, key: ClientKey) -> Decision {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.check_at(key, now_ms)
+    }
+
+    /// Clients currently tracked.
+    #[cfg(test)]
+    pub fn tracked_clients(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
+            .sum()
+    }
+
+    fn shard(&self, key: &ClientKey) -> &Mutex<LruCache<ClientKey, Window>> {
+        if self.shard_bits == 0 {
+            return &self.shards[0];
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.bits().hash(&mut h);
+        let index = (h.finish() >> (64 - self.shard_bits)) as usize;
+        &self.shards[index]
+    }
+
+    /// The check with time injected, so window arithmetic is tested without sleeping.
+    fn check_at(&self, key: ClientKey, now_ms: u64) -> Decision {
+        let shard = self.shard(&key);
+        // A poisoned lock only means another request panicked mid-update; the counters are
+        // still plain integers, so keep using them.
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = Window {
+            start_ms: now_ms,
+            prev: 0,
+            curr: 0,
+        };
+        let window = map.get_or_insert_mut(key, || fresh);
+        decide(window, now_ms, self.limits.requests, self.window_ms)
+    }
+}
+
+/// Advances `w` to `now_ms`, then admits and counts one request if the budget allows.
+fn decide(w: &mut Window, now_ms: u64, limit: u32, window_ms: u64) -> Decision {
+    roll(w, now_ms, window_ms);
+    let elapsed = now_ms.saturating_sub(w.start_ms);
+    let left_of_window = window_ms - elapsed.min(window_ms);
+    // Weighted count in units of 1/window_ms requests, exact in integers.
+    let weighted = |curr: u32| -> u128 {
+        w.prev as u128 * left_of_window as u128 + curr as u128 * window_ms as u128
+    };
+    let budget = limit as u128 * window_ms as u128;
+    let allowed = weighted(w.curr + 1) <= budget;
+    if allowed {
+        w.curr += 1;
+    }
+    let used = weighted(w.curr).div_ceil(window_ms as u128);
+    let remaining = (limit as u128).saturating_sub(used) as u32;
+    let reset_secs = left_of_window.div_ceil(1000).max(1);
+    let retry_after_secs = if allowed {
+        0
+    } else {
+        retry_after_ms(w, now_ms, limit, window_ms)
+            .div_ceil(1000)
+            .clamp(1, (2 * window_ms).div_ceil(1000))
+    };
+    Decision {
+        allowed,
+        limit,
+        remaining,
+        reset_secs,
+        retry_after_secs,
+    }
+}
+
+/// Moves the window forward so that `now_ms` falls in the current one.
+fn roll(w: &mut Window, now_ms: u64, window_ms: u64) {
+    let elapsed = now_ms.saturating_sub(w.start_ms);
+    if elapsed < window_ms {
+        return;
+    }
+    let windows_passed = elapsed / window_ms;
+    w.prev = if windows_passed == 1 { w.curr } else { 0 };
+    w.curr = 0;
+    w.start_ms += windows_passed * window_ms;
+}
+
+/// Milliseconds from `now_ms` until one more request fits, for a client that was just refused.
+fn retry_after_ms(w: &Window, now_ms: u64, limit: u32, window_ms: u64) -> u64 {
+    let elapsed = now_ms - w.start_ms;
+    // Within the current window: need prev × (window − e) ≤ (limit − curr − 1) × window.
+    if w.curr < limit && w.prev > 0 {
+        let room = (limit - w.curr - 1) as u128 * window_ms as u128;
+        let max_left = room / w.prev as u128; // largest (window − e) that fits
+        let e_needed = window_ms - (max_left as u64).min(window_ms);
+        if e_needed < window_ms {
+            return e_needed.saturating_sub(elapsed).max(1);
+        }
+    }
+    // In the next window, prev becomes curr: need curr × (window − e') ≤ (limit − 1) × window.
+    let to_next = window_ms - elapsed;
+    if w.curr == 0 {
+        return to_next;
+    }
+    let room = (limit - 1) as u128 * window_ms as u128;
+    let max_left = (room / w.curr as u128) as u64;
+    let e_needed = window_ms - max_left.min(window_ms);
+    to_next + e_needed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: u64 = 60_000;
+
+    fn limiter(requests: u32, max_clients: usize) -> RateLimiter {
+        RateLimiter::new(Limits {
+            requests,
+            window: Duration::from_millis(W),
+            max_clients: NonZeroUsize::new(max_clients).unwrap(),
+        })
+    }
+
+    fn key(last: u8) -> ClientKey {
+        ClientKey::from_ip(IpAddr::from([127, 0, 0, last]))
+    }
+
+    #[test]
+    fn exactly_limit_admitted_in_a_burst() {
+        let l = limiter(100, 10);
+        let admitted = (0..150).filter(|_| l.check_at(key(1), 5).allowed).count();
+        assert_eq!(admitted, 100);
+    }
+
+    #[test]
+    fn remaining_counts_down() {
+        let l = limiter(100, 10);
+        let r: Vec<u32> = (0..3).map(|_| l.check_at(key(1), 0).remaining).collect();
+        assert_eq!(r, vec![99, 98, 97]);
+    }
+
+    #[test]
+    fn burst_across_window_edge_gets_at_most_the_limit() {
+        let l = limiter(100, 10);
+        // First request anchors the window at 0; a burst just before and after the edge.
+        assert!(l.check_at(key(1), 0).allowed);
+        let before = (0..99)
+            .filter(|_| l.check_at(key(1), W - 1).allowed)
+            .count();
+        let after = (0..150)
+            .filter(|_| l.check_at(key(1), W + 1).allowed)
+            .count();
+        assert_eq!(before, 99);
+        assert_eq!(after, 0, "the previous window still weighs ~100");
+    }
+
+    #[test]
+    fn budget_slides_back() {
+        let l = limiter(100, 10);
+        for _ in 0..100 {
+            assert!(l.check_at(key(1), 0).allowed);
+        }
+        assert!(!l.check_at(key(1), 1000).allowed);
+        // Half-way through the next window half of the old count has slid out.
+        let admitted = (0..100)
+            .filter(|_| l.check_at(key(1), W + W / 2).allowed)
+            .count();
+        assert_eq!(admitted, 50);
+        // Two windows later everything is forgotten.
+        let admitted = (0..150)
+            .filter(|_| l.check_at(key(1), 3 * W).allowed)
+            .count();
+        assert_eq!(admitted, 100);
+    }
+
+    #[test]
+    fn rejected_requests_use_no_budget() {
+        let l = limiter(10, 10);
+        for _ in 0..10 {
+            l.check_at(key(1), 0);
+        }
+        for _ in 0..1000 {
+            assert!(!l.check_at(key(1), 10).allowed);
+        }
+        assert!(l.check_at(key(1), 2 * W).allowed);
+    }
+
+    #[test]
+    fn retry_after_tells_the_truth() {
+        for (limit, sent_at) in [(100u32, 0u64), (100, 30_000), (5, 59_999), (1, 12_345)] {
+            let l = limiter(limit, 10);
+            for _ in 0..limit {
+                assert!(l.check_at(key(1), sent_at).allowed);
+            }
+            let refused = l.check_at(key(1), sent_at + 10);
+            assert!(!refused.allowed);
+            let ra_ms = refused.retry_after_secs * 1000;
+            assert!(refused.retry_after_secs >= 1 && refused.retry_after_secs <= 120);
+            // At the announced time one request is admitted ...
+            let l2 = limiter(limit, 10);
+            for _ in 0..limit {
+                l2.check_at(key(1), sent_at);
+            }
+            assert!(
+                l2.check_at(key(1), sent_at + 10 + ra_ms).allowed,
+                "limit {limit}"
+            );
+            // ... and clearly before it, none is.
+            if ra_ms > 1500 {
+                let l3 = limiter(limit, 10);
+                for _ in 0..limit {
+                    l3.check_at(key(1), sent_at);
+                }
+                assert!(!l3.check_at(key(1), sent_at + 10 + ra_ms - 1500).allowed);
+            }
+        }
+    }
+
+    #[test]
+    fn clients_have_independent_budgets() {
+        let l = limiter(2, 10);
+        assert!(l.check_at(key(1), 0).allowed);
+        assert!(l.check_at(key(1), 0).allowed);
+        assert!(!l.check_at(key(1), 0).allowed);
+        assert!(l.check_at(key(2), 0).allowed);
+    }
+
+    #[test]
+    fn max_clients_evicts_the_longest_idle() {
+        let l = limiter(1, 2);
+        assert!(l.check_at(key(1), 0).allowed);
+        assert!(l.check_at(key(2), 1).allowed);
+        assert!(l.check_at(key(3), 2).allowed); // evicts key(1), idle the longest
+        assert_eq!(l.tracked_clients(), 2);
+        assert!(!l.check_at(key(2), 3).allowed, "key(2) was kept");
+        assert!(l.check_at(key(1), 4).allowed, "key(1) was forgotten");
+    }
+
+    #[test]
+    fn memory_is_bounded_with_many_clients() {
+        let l = limiter(100, 100_000);
+        for i in 0..200_000u32 {
+            l.check_at(ClientKey::from_ip(IpAddr::from(i.to_be_bytes())), 0);
+        }
+        assert!(l.tracked_clients() <= 100_000);
+        assert!(l.tracked_clients() > 90_000);
+    }
+
+    #[test]
+    fn ipv6_keyed_by_64() {
+        let a = ClientKey::from_ip("2001:db8:1:2::1".parse().unwrap());
+        let b = ClientKey::from_ip("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = ClientKey::from_ip("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        let mapped = ClientKey::from_ip("::ffff:10.1.2.3".parse().unwrap());
+        assert_eq!(mapped.to_string(), "10.1.2.3");
+    }
+}

@@ -1,0 +1,148 @@
+//! SIGHUP reload: read and validate the whole file, then swap it in for new requests.
+//!
+//! Pingora does not handle SIGHUP (its default action would kill the process). A bad file is
+//! logged and counted and the running config stays. Settings that bind sockets or threads at
+//! start cannot change on reload; a reload that changes them says so.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{load_config, Settings};
+use crate::metrics::Metrics;
+use crate::state::{Live, LiveState};
+use crate::upstream::ConfiguredBackends;
+
+pub struct Reloader {
+    pub path: PathBuf,
+    pub live: LiveState,
+    pub backends: Arc<ConfiguredBackends>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    /// Loads the file and applies it, or keeps the running config.
+    pub async fn reload(&self) {
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_config(&path)).await;
+        match loaded {
+            Ok(Ok(settings)) => {
+                self.apply(settings);
+                self.metrics.count_reload(true);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "config reload rejected; the running config stays");
+                self.metrics.count_reload(false);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; the running config stays");
+                self.metrics.count_reload(false);
+            }
+        }
+    }
+
+    fn apply(&self, new: Settings) {
+        let old = self.live.load_full();
+        let changes = describe_changes(&old.settings, &new);
+        if new.upstream.backends != old.settings.upstream.backends {
+            self.backends.replace(new.upstream.backends.clone());
+        }
+        self.live
+            .store(Arc::new(Live::new(Arc::new(new), Some(&old))));
+        if changes.is_empty() {
+            tracing::info!("config reloaded: nothing changed");
+        } else {
+            tracing::info!(changes = %changes.join("; "), "config reloaded");
+        }
+    }
+}
+
+/// Human-readable list of what changed, with a warning for what needs a restart.
+fn describe_changes(old: &Settings, new: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    let (o, n) = (&old.upstream, &new.upstream);
+    if o.backends != n.backends {
+        let label = |b: &crate::config::BackendAddr| b.label();
+        let added: Vec<String> = n
+            .backends
+            .iter()
+            .filter(|b| !o.backends.contains(b))
+            .map(label)
+            .collect();
+        let removed: Vec<String> = o
+            .backends
+            .iter()
+            .filter(|b| !n.backends.contains(b))
+            .map(label)
+            .collect();
+        out.push(format!("backends added {added:?}, removed {removed:?}"));
+    }
+    if (
+        o.connect_timeout,
+        o.read_timeout,
+        o.idle_timeout,
+        o.max_retries,
+    ) != (
+        n.connect_timeout,
+        n.read_timeout,
+        n.idle_timeout,
+        n.max_retries,
+    ) {
+        out.push("upstream timeouts/retries updated".into());
+    }
+    if old.rate_limit != new.rate_limit {
+        out.push("rate_limit updated".into());
+    }
+    if old.headers != new.headers {
+        out.push("headers updated".into());
+    }
+    if old.log.access_log != new.log.access_log {
+        out.push(format!("log.access_log = {}", new.log.access_log));
+    }
+    let fixed = [
+        ("server", old.server != new.server),
+        ("admin.listen", old.admin != new.admin),
+        (
+            "log.level/log.file",
+            (&old.log.level, &old.log.file) != (&new.log.level, &new.log.file),
+        ),
+        ("upstream.health_check", o.health_check != n.health_check),
+        (
+            "upstream.keepalive_pool_size",
+            o.keepalive_pool_size != n.keepalive_pool_size,
+        ),
+    ];
+    for (key, changed) in fixed {
+        if changed {
+            tracing::warn!(key, "changed in the file but cannot change on reload; restart or upgrade (-u) to apply it");
+            out.push(format!("{key} NOT applied (needs restart)"));
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload disabled");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!(path = %self.path.display(), "SIGHUP: reloading config");
+                    self.reload().await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
