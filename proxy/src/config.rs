@@ -328,7 +328,7 @@ pub fn parse_config(text: &str, origin: &str) -> Result<Settings, ConfigError> {
             line,
             column,
             key,
-            message: e.message().trim().to_owned(),
+            message: e.message().trim().replace('\n', "; "),
         }
     })?;
     validate(file).map_err(|(key, message)| {

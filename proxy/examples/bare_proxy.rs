@@ -1,0 +1,127 @@
+//! A bare Pingora round-robin proxy: the baseline `loadtest/bench.sh` compares the gateway with.
+//!
+//! It does only what every proxy in the benchmark does: round robin over the backends given on
+//! the command line (Pingora's `LoadBalancer<RoundRobin>`, as the gateway uses), upstream
+//! keepalive (Pingora's connection pool) and `X-Forwarded-For`. No health checks, rate limiting,
+//! metrics, logging or other headers, so the difference to the gateway is what those cost.
+//!
+//! ```text
+//! cargo build --release --example bare_proxy
+//! target/release/examples/bare_proxy --listen 127.0.0.1:6188 --threads 1 127.0.0.1:9001 127.0.0.1:9002
+//! ```
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clap::Parser;
+use http::header::HeaderName;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::*;
+use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Same as the gateway's default `upstream.idle_timeout_seconds`.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Same as the gateway's default `upstream.connect_timeout_ms`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Parser, Debug)]
+#[command(about = "Bare Pingora round-robin proxy (benchmark baseline)")]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6188")]
+    listen: SocketAddr,
+    /// Worker threads of the proxy service.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Idle upstream connections kept per worker thread.
+    #[arg(long, default_value_t = 128)]
+    keepalive_pool_size: usize,
+    /// Backends (`ip:port`), used in turn.
+    #[arg(required = true)]
+    backends: Vec<SocketAddr>,
+}
+
+/// The proxy: only a balancer.
+struct Bare {
+    lb: Arc<LoadBalancer<RoundRobin>>,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let Some(backend) = self.lb.select(b"", 256) else {
+            return Error::e_explain(HTTPStatus(503), "no backend");
+        };
+        let Some(addr) = backend.addr.as_inet().copied() else {
+            return Error::e_explain(InternalError, "backend without an inet address");
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            return Ok(());
+        };
+        // As nginx's $proxy_add_x_forwarded_for: the previous value, then the peer.
+        let value = match upstream_request.headers.get(&X_FORWARDED_FOR) {
+            Some(prev) if !prev.is_empty() => {
+                format!("{}, {peer}", String::from_utf8_lossy(prev.as_bytes()))
+            }
+            _ => peer.to_string(),
+        };
+        upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+        Ok(())
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let lb = match LoadBalancer::<RoundRobin>::try_from_iter(cli.backends.iter().copied()) {
+        Ok(lb) => Arc::new(lb),
+        Err(e) => {
+            eprintln!("bare_proxy: bad backend list: {e}");
+            std::process::exit(1);
+        }
+    };
+    let conf = ServerConf {
+        version: 1,
+        threads: cli.threads.max(1),
+        upstream_keepalive_pool_size: cli.keepalive_pool_size,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service(&server.configuration, Bare { lb });
+    proxy.add_tcp(&cli.listen.to_string());
+    server.add_service(proxy);
+    println!(
+        "bare_proxy listening on {} ({} threads)",
+        cli.listen, cli.threads
+    );
+    server.run_forever();
+}

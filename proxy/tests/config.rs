@@ -1,0 +1,193 @@
+//! Config validation through the real binary: `-t`, and bad files at start-up.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// Runs `proxy -t -c FILE` on `text`; returns (exit code, stdout + stderr, file path).
+fn check(text: &str) -> (i32, String, PathBuf, TempDir) {
+    let dir = TempDir::new("config");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(PROXY_BIN)
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run proxy -t");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), all, path, dir)
+}
+
+fn assert_rejected(text: &str, key: &str, line: usize) {
+    let (code, out, path, _dir) = check(text);
+    assert_eq!(code, 1, "expected exit 1 for:\n{text}\noutput: {out}");
+    let location = format!("{}:{line}:", path.display());
+    assert!(out.contains(&location), "no {location} in: {out}");
+    assert!(out.contains(key), "no key {key} in: {out}");
+    assert_eq!(out.trim().lines().count(), 1, "one clear line: {out}");
+}
+
+const OK_UPSTREAM: &str = "[upstream]\nbackends = [\"127.0.0.1:9001\"]\n";
+
+#[test]
+fn shipped_configs_pass() {
+    for rel in ["config/proxy.toml", "config/docker.toml"] {
+        let out = Command::new(PROXY_BIN)
+            .arg("-t")
+            .arg("-c")
+            .arg(repo_file(rel))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{rel}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("configuration OK"), "{text}");
+    }
+}
+
+#[test]
+fn malformed_toml() {
+    assert_rejected("[upstream\nbackends = []\n", "", 1);
+}
+
+#[test]
+fn unknown_key() {
+    assert_rejected(&format!("{OK_UPSTREAM}retries = 3\n"), "retries", 3);
+    assert_rejected(
+        &format!("[server]\nthreads = 2\nworkers = 4\n{OK_UPSTREAM}"),
+        "workers",
+        3,
+    );
+}
+
+#[test]
+fn empty_backends() {
+    assert_rejected(
+        "[server]\nthreads = 1\n[upstream]\nbackends = []\n",
+        "upstream.backends",
+        4,
+    );
+}
+
+#[test]
+fn missing_backends() {
+    let (code, out, _, _dir) = check("[server]\nthreads = 1\n");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("upstream"), "{out}");
+}
+
+#[test]
+fn bad_backend_address() {
+    assert_rejected(
+        "[upstream]\nbackends = [\"127.0.0.1:9001\", \"no-port\"]\n",
+        "upstream.backends",
+        2,
+    );
+    assert_rejected(
+        "[upstream]\nbackends = [\"127.0.0.1:99999\"]\n",
+        "upstream.backends",
+        2,
+    );
+}
+
+#[test]
+fn bad_listen_address() {
+    assert_rejected(
+        &format!("[server]\nlisten = \"localhost\"\n{OK_UPSTREAM}"),
+        "server.listen",
+        2,
+    );
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[admin]\nlisten = \"999.0.0.1:1\"\n"),
+        "admin.listen",
+        4,
+    );
+}
+
+#[test]
+fn zero_timeout() {
+    assert_rejected(
+        &format!("{OK_UPSTREAM}connect_timeout_ms = 0\n"),
+        "upstream.connect_timeout_ms",
+        3,
+    );
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[upstream.health_check]\ninterval_ms = 0\n"),
+        "upstream.health_check.interval_ms",
+        4,
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[rate_limit]\nwindow_seconds = \"60s\"\n"),
+        "rate_limit.window_seconds",
+        4,
+    );
+}
+
+#[test]
+fn bad_cidr() {
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[rate_limit]\nexempt = [\"10.0.0.0/40\"]\n"),
+        "rate_limit.exempt",
+        4,
+    );
+}
+
+#[test]
+fn missing_file_is_named() {
+    let out = Command::new(PROXY_BIN)
+        .args(["-t", "-c", "/nonexistent/gateway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/gateway.toml"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_at_start_exits_1_before_listening() {
+    let dir = TempDir::new("badstart");
+    let path = dir.path().join("proxy.toml");
+    let port = free_port();
+    std::fs::write(
+        &path,
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nbackends = []\n"),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(PROXY_BIN)
+            .arg("-c")
+            .arg(&path)
+            .output(),
+    )
+    .await
+    .expect("exits promptly")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("upstream.backends"),
+        "{err}"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

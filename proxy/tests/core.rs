@@ -1,0 +1,324 @@
+//! Round robin, headers, pooling, health checks, failover and error answers, end to end.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn upstream_split(proxy: &Proxy, n: usize) -> BTreeMap<String, usize> {
+    let mut client = Client::new(proxy.addr);
+    let mut split = BTreeMap::new();
+    for _ in 0..n {
+        let r = client.get("/split").await.expect("request");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let up = r.header("x-upstream").expect("X-Upstream").to_owned();
+        *split.entry(up).or_insert(0) += 1;
+    }
+    split
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_splits_evenly() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let proxy = Proxy::start(&[&a, &b, &c], "").await;
+    let split = upstream_split(&proxy, 30).await;
+    let expected: BTreeMap<String, usize> = [&a, &b, &c]
+        .iter()
+        .map(|b| (b.addr.to_string(), 10))
+        .collect();
+    assert_eq!(split, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_and_identity_headers() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(
+        &[&a],
+        r#"[headers]
+request = { "X-Env" = "test" }"#,
+    )
+    .await;
+
+    let r = get_with(
+        proxy.addr,
+        None,
+        "/echo",
+        &[
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Request-Id", "client-id-1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "gateway.test");
+    assert_eq!(h["x-request-id"], "client-id-1");
+    assert_eq!(h["x-env"], "test");
+    assert_eq!(r.header("x-upstream"), Some(a.addr.to_string().as_str()));
+    assert_eq!(r.header("x-request-id"), Some("client-id-1"));
+    assert!(r
+        .header("via")
+        .is_some_and(|v| v.contains("pingora-gateway")));
+    assert_eq!(r.header("x-test-gateway"), Some("yes"));
+
+    // Without an id, one is generated and the backend and the client see the same.
+    let r = get(proxy.addr, "/echo").await;
+    let id = r.header("x-request-id").expect("generated id").to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    assert_eq!(r.json()["headers"]["x-request-id"], id.as_str());
+    assert_eq!(r.json()["headers"]["x-forwarded-for"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&[&a], "[rate_limit]\nenabled = false").await;
+    let before = a.stats().await["connections"].as_u64().unwrap();
+    let mut client = Client::new(proxy.addr);
+    for _ in 0..200 {
+        assert_eq!(client.get("/pooled").await.unwrap().status, 200);
+    }
+    let after = a.stats().await["connections"].as_u64().unwrap();
+    // The delta includes the second /stats connection and the health check's own connection.
+    let opened = after - before;
+    assert!(
+        opened <= 5,
+        "200 sequential requests opened {opened} upstream connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_at_start_costs_nothing() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut backends = backend_list(&[&a, &b]);
+    backends.insert(1, dead.clone());
+    let proxy = Proxy::start_with(backends, "[rate_limit]\nenabled = false", true).await;
+    let mut client = Client::new(proxy.addr);
+    for i in 0..60 {
+        let r = client.get("/start").await.expect("request");
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_ne!(r.header("x-upstream"), Some(dead.as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_leaves_rotation_and_comes_back() {
+    let (a, mut b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let interval = Duration::from_millis(400);
+    let proxy = Proxy::start(
+        &[&a, &b, &c],
+        "[rate_limit]\nenabled = false\n[upstream.health_check]\ninterval_ms = 400",
+    )
+    .await;
+    let b_addr = b.addr;
+    let b_label = b_addr.to_string();
+
+    b.kill();
+    let killed_at = Instant::now();
+    let down = wait_until(Duration::from_secs(10), || async {
+        proxy
+            .metrics()
+            .await
+            .sum("gateway_backend_up", &[("backend", &b_label)])
+            == 0.0
+    })
+    .await;
+    let took = killed_at.elapsed();
+    assert!(down, "backend never marked down");
+    // Two intervals, plus slack for a loaded machine's scheduling.
+    assert!(
+        took <= interval * 2 + Duration::from_millis(600),
+        "took {took:?}"
+    );
+
+    // Out of rotation: no request goes there, no connect attempt is retried from it.
+    let retries_before = proxy
+        .metrics()
+        .await
+        .sum("gateway_upstream_retries_total", &[("backend", &b_label)]);
+    let split = upstream_split(&proxy, 30).await;
+    assert!(!split.contains_key(&b_label), "{split:?}");
+    assert_eq!(split.values().sum::<usize>(), 30);
+    let retries_after = proxy
+        .metrics()
+        .await
+        .sum("gateway_upstream_retries_total", &[("backend", &b_label)]);
+    assert_eq!(
+        retries_before, retries_after,
+        "connects were still attempted"
+    );
+
+    // Back on the same port: it gets its share again.
+    let _b = Backend::start_at("b", b_addr);
+    let up = wait_until(Duration::from_secs(10), || async {
+        proxy
+            .metrics()
+            .await
+            .sum("gateway_backend_up", &[("backend", &b_label)])
+            == 1.0
+    })
+    .await;
+    assert!(up, "backend never marked up again");
+    let split = upstream_split(&proxy, 30).await;
+    assert_eq!(split.get(&b_label), Some(&10), "{split:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_backend_costs_clients_nothing() {
+    let (a, mut b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let proxy = Proxy::start(&[&a, &b, &c], "[rate_limit]\nenabled = false").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load(proxy.addr, "/failover", 3000, 6, stop));
+
+    // Kill b once traffic is flowing through it.
+    let flowing = wait_until(Duration::from_secs(30), || async {
+        b.requests().await > 200
+    })
+    .await;
+    assert!(flowing, "traffic never reached b");
+    b.kill();
+
+    let tally = load.await.unwrap();
+    assert_eq!(tally.total(), 3000, "{tally:?}");
+    assert!(
+        tally.non_2xx.is_empty() && tally.errors.is_empty(),
+        "non-2xx: {:?}, errors: {:?}",
+        tally.non_2xx,
+        tally.errors
+    );
+    assert!(tally.by_upstream.contains_key(&b.addr.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_backends_down_answers_json_502_or_503() {
+    let dead: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let proxy = Proxy::start_with(dead.clone(), "", false).await;
+
+    // Before the first health check every backend counts as healthy: each is tried, all fail.
+    let r = get(proxy.addr, "/down").await;
+    assert!(r.status == 502 || r.status == 503, "status {}", r.status);
+    let body = r.json();
+    assert_eq!(body["status"], r.status);
+    assert!(body["error"].is_string());
+    assert_eq!(body["request_id"], r.header("x-request-id").unwrap());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+
+    // Once checks have marked them down: 503, and /ready says so.
+    let admin = proxy.admin;
+    let unready = wait_until(Duration::from_secs(10), || async move {
+        try_get(admin, "/ready")
+            .await
+            .is_some_and(|r| r.status == 503)
+    })
+    .await;
+    assert!(unready);
+    let r = get_with(proxy.addr, None, "/down", &[("X-Request-Id", "down-1")]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "no healthy backend");
+    assert_eq!(r.json()["request_id"], "down-1");
+
+    // Each failure is logged once, with its request id, in log.file.
+    let logged = wait_until(Duration::from_secs(5), || async {
+        proxy.log().contains("down-1")
+    })
+    .await;
+    assert!(logged, "log file:\n{}", proxy.log());
+    let line = proxy
+        .log()
+        .lines()
+        .find(|l| l.contains("down-1") && l.contains("request failed"))
+        .map(str::to_owned);
+    assert!(line.is_some(), "log file:\n{}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_logged_with_backend_and_cause() {
+    let (a, mut gone) = (Backend::start("a"), Backend::start("gone"));
+    let dead = gone.addr.to_string();
+    // Health checks far apart: the killed backend still counts as healthy when we send.
+    let proxy = Proxy::start(
+        &[&gone, &a],
+        "[upstream]\nmax_retries = 0\n[upstream.health_check]\ninterval_ms = 60000",
+    )
+    .await;
+    gone.kill();
+    // With no retries, the request that lands on the dead backend fails with 502.
+    let mut statuses = Vec::new();
+    for i in 0..2 {
+        let id = format!("conn-fail-{i}");
+        let r = get_with(proxy.addr, None, "/x", &[("X-Request-Id", &id)]).await;
+        statuses.push((id, r.status));
+    }
+    let (failed_id, _) = statuses
+        .iter()
+        .find(|(_, s)| *s == 502)
+        .unwrap_or_else(|| panic!("no 502 in {statuses:?}"));
+    let logged = wait_until(Duration::from_secs(5), || async {
+        proxy.log().lines().any(|l| l.contains(failed_id.as_str()))
+    })
+    .await;
+    assert!(logged, "log file:\n{}", proxy.log());
+    let log = proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(failed_id.as_str()))
+        .unwrap();
+    assert!(line.contains(&dead), "{line}");
+    assert!(line.contains("ERROR"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backend_gives_504() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&[&a], "[upstream]\nread_timeout_ms = 300").await;
+    let r = get_with(
+        proxy.addr,
+        None,
+        "/delay/3000",
+        &[("X-Request-Id", "slow-1")],
+    )
+    .await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], 504);
+    assert_eq!(body["request_id"], "slow-1");
+    assert_eq!(body["error"], "upstream timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_gets_400_and_proxy_lives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&[&a], "").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /\x01bad HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    assert_eq!(get(proxy.addr, "/after").await.status, 200);
+}
