@@ -381,10 +381,13 @@ impl Drop for Proxy {
 // ---------------------------------------------------------------------------------------------
 // metrics text
 
+/// Label pairs of one sample.
+pub type Labels = Vec<(String, String)>;
+
 /// Samples of a Prometheus text scrape: (name, labels, value).
 pub struct Metrics {
     pub text: String,
-    pub samples: Vec<(String, Vec<(String, String)>, f64)>,
+    pub samples: Vec<(String, Labels, f64)>,
 }
 
 impl Metrics {
@@ -423,7 +426,7 @@ impl Metrics {
     }
 
     /// Every sample of `name`.
-    pub fn series(&self, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    pub fn series(&self, name: &str) -> Vec<(Labels, f64)> {
         self.samples
             .iter()
             .filter(|(n, _, _)| n == name)
@@ -432,7 +435,7 @@ impl Metrics {
     }
 }
 
-fn parse_labels(s: &str) -> Vec<(String, String)> {
+fn parse_labels(s: &str) -> Labels {
     let mut out = Vec::new();
     let mut rest = s;
     while let Some((k, after)) = rest.split_once("=\"") {
