@@ -14,12 +14,14 @@ use pingora::lb::LoadBalancer;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
+use crate::state::LiveState;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     /// Set once graceful shutdown begins.
     pub draining: Arc<AtomicBool>,
+    pub live: LiveState,
 }
 
 impl AdminApp {
@@ -38,11 +40,20 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
         match path.as_str() {
-            "/metrics" => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.encode(),
-            ),
+            "/metrics" => {
+                let clients = self
+                    .live
+                    .load()
+                    .limiter
+                    .as_ref()
+                    .map_or(0, |l| l.tracked_clients());
+                self.metrics.rate_limit_clients.set(clients as i64);
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.encode(),
+                )
+            }
             "/health" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/ready" => {
                 let healthy = self.healthy_backends();

@@ -32,6 +32,8 @@ pub struct Metrics {
     connections: IntCounterVec,
     reloads: IntCounterVec,
     pub inflight: IntGauge,
+    /// Clients the rate limiter keeps state for, set at scrape time.
+    pub rate_limit_clients: IntGauge,
     none: Arc<BackendMetrics>,
     /// Handles of configured backends by label, so rediscovery keeps health-driven values.
     backends: Mutex<HashMap<String, Arc<BackendMetrics>>>,
@@ -104,6 +106,10 @@ impl Metrics {
             &["result"],
         )?;
         let inflight = IntGauge::new("gateway_inflight_requests", "Requests being processed")?;
+        let rate_limit_clients = IntGauge::new(
+            "gateway_rate_limit_clients",
+            "Clients the rate limiter keeps exact state for (bounded by rate_limit.max_clients)",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("gateway_build_info", "Build information; always 1"),
             &["version"],
@@ -124,6 +130,7 @@ impl Metrics {
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(rate_limit_clients.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -150,6 +157,7 @@ impl Metrics {
             connections,
             reloads,
             inflight,
+            rate_limit_clients,
             none,
             backends: Mutex::new(HashMap::new()),
         })

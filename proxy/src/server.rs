@@ -88,6 +88,7 @@ pub fn build(
             metrics: metrics.clone(),
             lb,
             draining: draining.clone(),
+            live: live.clone(),
         },
     );
     admin.add_tcp(&settings.admin.listen.to_string());
