@@ -511,7 +511,9 @@ impl Conn {
         }
         req.push_str("\r\n");
         let io = async {
-            self.stream.get_mut().write_all(req.as_bytes()).await?;
+            if let Err(e) = self.stream.get_mut().write_all(req.as_bytes()).await {
+                return Err(not_answered(e.to_string()));
+            }
             read_response(&mut self.stream, method == "HEAD").await
         };
         let resp = tokio::time::timeout(Duration::from_secs(20), io)
@@ -530,11 +532,10 @@ async fn read_response(
 ) -> std::io::Result<Response> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();
-    if stream.read_line(&mut line).await? == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed before a response",
-        ));
+    match stream.read_line(&mut line).await {
+        Ok(0) => return Err(not_answered("connection closed before a response".into())),
+        Err(e) => return Err(not_answered(e.to_string())),
+        Ok(_) => {}
     }
     let status: u16 = line
         .split_whitespace()
@@ -592,6 +593,17 @@ pub struct Client {
     conn: Option<Conn>,
     /// TCP connections opened so far.
     pub connections: usize,
+    /// Requests re-sent because an idle kept-alive connection had been closed.
+    pub stale_retries: usize,
+}
+
+/// The connection failed before any byte of a response arrived.
+fn not_answered(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why)
+}
+
+fn closed_before_answer(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::ConnectionAborted
 }
 
 impl Client {
@@ -604,6 +616,7 @@ impl Client {
             from,
             conn: None,
             connections: 0,
+            stale_retries: 0,
         }
     }
 
@@ -612,6 +625,25 @@ impl Client {
     }
 
     pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
+        let reusing = self.conn.as_ref().is_some_and(|c| !c.closed);
+        let result = self.request_once(method, path, headers).await;
+        // Like browsers, curl and hyper: a kept-alive connection the server closed while idle
+        // (before answering anything) is retried once on a fresh connection.
+        match result {
+            Err(e) if reusing && closed_before_answer(&e) => {
+                self.stale_retries += 1;
+                self.request_once(method, path, headers).await
+            }
+            other => other,
+        }
+    }
+
+    async fn request_once(
         &mut self,
         method: &str,
         path: &str,
@@ -664,6 +696,8 @@ pub struct Tally {
     pub non_2xx: Vec<u16>,
     pub errors: Vec<String>,
     pub by_upstream: std::collections::BTreeMap<String, usize>,
+    /// Idle kept-alive connections found closed and retried (as any HTTP client does).
+    pub stale_retries: usize,
 }
 
 impl Tally {
@@ -674,6 +708,7 @@ impl Tally {
         self.ok += other.ok;
         self.non_2xx.extend(other.non_2xx);
         self.errors.extend(other.errors);
+        self.stale_retries += other.stale_retries;
         for (k, v) in other.by_upstream {
             *self.by_upstream.entry(k).or_default() += v;
         }
@@ -712,6 +747,7 @@ pub async fn load(
                     Err(e) => tally.errors.push(e.to_string()),
                 }
             }
+            tally.stale_retries = client.stale_retries;
             tally
         }));
     }

@@ -1,0 +1,275 @@
+//! Restarts, reloads and upgrades while traffic flows: none may cost a client a request.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NO_LIMIT: &str = "[rate_limit]\nenabled = false\n";
+
+fn assert_clean(tally: &Tally) {
+    assert!(
+        tally.non_2xx.is_empty() && tally.errors.is_empty(),
+        "non-2xx: {:?}, errors: {:?}",
+        tally.non_2xx,
+        tally.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_request_then_exits_0() {
+    let a = Backend::start("a");
+    let mut proxy = Proxy::start(
+        &[&a],
+        "[server]\ngrace_period_seconds = 2\ngraceful_shutdown_timeout_seconds = 1",
+    )
+    .await;
+    // Admin connections opened before shutdown, to ask /ready once shutdown has begun.
+    let mut admin_conns = Vec::new();
+    for _ in 0..10 {
+        let mut c = Conn::connect(proxy.admin, None).await.unwrap();
+        assert_eq!(c.request("GET", "/ready", &[]).await.unwrap().status, 200);
+        admin_conns.push(c);
+    }
+
+    let to = proxy.addr;
+    let slow = tokio::spawn(async move { get(to, "/delay/1500").await });
+    let admin = proxy.admin;
+    let in_flight = wait_until(Duration::from_secs(10), || async move {
+        let m = Metrics::parse(&get(admin, "/metrics").await.text());
+        m.sum("gateway_inflight_requests", &[]) == 1.0
+    })
+    .await;
+    assert!(in_flight);
+
+    proxy.signal("TERM");
+    let sent = Instant::now();
+
+    // /ready answers 503 while draining, on connections the admin listener still serves.
+    let mut saw_503 = false;
+    for mut c in admin_conns {
+        if let Ok(r) = c.request("GET", "/ready", &[]).await {
+            if r.status == 503 {
+                saw_503 = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_503, "/ready never said 503 while draining");
+
+    // New connections are refused soon after.
+    let refused = wait_until(Duration::from_secs(2), || async move {
+        tokio::net::TcpStream::connect(to).await.is_err()
+    })
+    .await;
+    assert!(refused, "still accepting after SIGTERM");
+
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "in-flight request: {}", r.text());
+
+    // Drain time is 2 + 1 s; allow scheduling slack.
+    let status = proxy.wait_exit(Duration::from_secs(6)).await;
+    let status = status.unwrap_or_else(|| panic!("did not exit; output:\n{}", proxy.output()));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(sent.elapsed() < Duration::from_secs(6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_a_backend_under_load() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let proxy = Proxy::start(&[&a, &b], NO_LIMIT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load(proxy.addr, "/reload", 100_000, 4, stop.clone()));
+
+    let flowing = wait_until(Duration::from_secs(20), || async {
+        a.requests().await > 100
+    })
+    .await;
+    assert!(flowing);
+    proxy.rewrite_config(&format!(
+        "[upstream]\nbackends = {:?}",
+        backend_list(&[&a, &b, &c])
+    ));
+    proxy.signal("HUP");
+
+    let c_serves = wait_until(Duration::from_secs(10), || async {
+        c.requests().await > 50
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = load.await.unwrap();
+    assert!(c_serves, "the new backend got no traffic; {tally:?}");
+    assert_clean(&tally);
+    assert!(tally.by_upstream.contains_key(&c.addr.to_string()));
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum("gateway_config_reloads_total", &[("result", "success")]),
+        1.0
+    );
+    assert_eq!(
+        m.sum("gateway_config_reloads_total", &[("result", "failure")]),
+        0.0
+    );
+    assert!(proxy.output().contains("config reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reload_keeps_the_running_config() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(&[&a, &b], NO_LIMIT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load(proxy.addr, "/bad-reload", 100_000, 4, stop.clone()));
+    let flowing = wait_until(Duration::from_secs(20), || async {
+        a.requests().await > 100
+    })
+    .await;
+    assert!(flowing);
+
+    std::fs::write(&proxy.config_path, "[upstream\nbackends = oops\n").unwrap();
+    proxy.signal("HUP");
+    let admin = proxy.admin;
+    let counted = wait_until(Duration::from_secs(10), || async move {
+        Metrics::parse(&get(admin, "/metrics").await.text())
+            .sum("gateway_config_reloads_total", &[("result", "failure")])
+            == 1.0
+    })
+    .await;
+    assert!(counted, "failure not counted");
+    // Keep the load going a little past the failed reload.
+    let before = a.requests().await;
+    let more = wait_until(Duration::from_secs(10), || async {
+        a.requests().await > before + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = load.await.unwrap();
+    assert!(more);
+    assert_clean(&tally);
+    assert_eq!(tally.by_upstream.len(), 2, "{tally:?}");
+
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum("gateway_config_reloads_total", &[("result", "success")]),
+        0.0
+    );
+    let logged = wait_until(Duration::from_secs(5), || async {
+        proxy.log().contains("config reload rejected")
+    })
+    .await;
+    assert!(logged, "log:\n{}", proxy.log());
+    assert!(proxy
+        .log()
+        .contains(&proxy.config_path.display().to_string()));
+    assert_eq!(get(proxy.addr, "/after").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_that_removes_a_backend_stops_its_traffic() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let proxy = Proxy::start(&[&a, &b, &c], NO_LIMIT).await;
+    let c_label = c.addr.to_string();
+    proxy.rewrite_config(&format!(
+        "[upstream]\nbackends = {:?}",
+        backend_list(&[&a, &b])
+    ));
+    proxy.signal("HUP");
+    // Discovery has applied the new list once c's health series is gone.
+    let admin = proxy.admin;
+    let label = c_label.clone();
+    let applied = wait_until(Duration::from_secs(10), || {
+        let label = label.clone();
+        async move {
+            let m = Metrics::parse(&get(admin, "/metrics").await.text());
+            m.sum("gateway_config_reloads_total", &[("result", "success")]) == 1.0
+                && m.series("gateway_backend_up")
+                    .iter()
+                    .all(|(l, _)| !l.iter().any(|(_, v)| *v == label))
+        }
+    })
+    .await;
+    assert!(applied);
+
+    let before = c.requests().await;
+    let mut client = Client::new(proxy.addr);
+    for _ in 0..30 {
+        let r = client.get("/removed").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_ne!(r.header("x-upstream"), Some(c_label.as_str()));
+    }
+    // Only the /stats call itself.
+    assert_eq!(c.requests().await, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_hands_listeners_over_without_losing_requests() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut proxy = Proxy::start(&[&a, &b], NO_LIMIT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load(proxy.addr, "/upgrade", 1_000_000, 4, stop.clone()));
+    let flowing = wait_until(Duration::from_secs(20), || async {
+        a.requests().await > 100
+    })
+    .await;
+    assert!(flowing);
+
+    // The new process waits on the upgrade socket; the old one hands over on SIGQUIT.
+    let sock = proxy.dir.path().join("upgrade.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut old = proxy.spawn_upgrade();
+    let waiting = wait_until(Duration::from_secs(10), || {
+        let sock = sock.clone();
+        async move { sock.exists() }
+    })
+    .await;
+    assert!(
+        waiting,
+        "new process never opened the upgrade socket:\n{}",
+        proxy.output()
+    );
+    std::process::Command::new("kill")
+        .args(["-QUIT", &old.id().to_string()])
+        .status()
+        .unwrap();
+
+    // The old process drains and exits (5 s hand-over window + 1 + 1 s drain).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let old_status = loop {
+        if let Ok(Some(status)) = old.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let old_status = old_status.unwrap_or_else(|| {
+        let _ = old.kill();
+        panic!("old process did not exit:\n{}", proxy.output())
+    });
+    assert!(old_status.success(), "old process: {old_status:?}");
+
+    // The new one keeps serving.
+    let before = a.requests().await + b.requests().await;
+    let serving = wait_until(Duration::from_secs(10), || async {
+        a.requests().await + b.requests().await > before + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let tally = load.await.unwrap();
+    assert!(serving, "the new process does not serve");
+    assert_clean(&tally);
+    assert_eq!(get(proxy.addr, "/new").await.status, 200);
+    assert_eq!(get(proxy.admin, "/health").await.status, 200);
+}
