@@ -21,6 +21,7 @@ use crate::client_ip::{client_ip, in_any};
 use crate::context::{InflightGuard, RequestCtx};
 use crate::headers::{self, X_FORWARDED_FOR};
 use crate::metrics::{method_label, Metrics};
+use crate::panic_guard;
 use crate::rate_limit::ClientKey;
 use crate::responses::{classify, write_error};
 use crate::state::LiveState;
@@ -90,19 +91,11 @@ impl Gateway {
         write_error(session, ctx, 429, "rate limited", true).await?;
         Ok(true)
     }
-}
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::new(self.live.load_full())
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+    /// Identifies the client and applies the rate limit; `Ok(true)` = answered (429).
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.inflight = Some(InflightGuard::new(&self.metrics.inflight));
-        ctx.request_id = headers::request_id(session.req_header());
+        panic_guard::injected(session.req_header(), "request_filter");
         let peer: Option<IpAddr> = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -146,11 +139,8 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut Self::CTX,
-    ) -> Result<Box<HttpPeer>> {
+    /// Picks a healthy backend this request has not tried yet and builds its peer.
+    fn pick_peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
         let tried = &ctx.tried;
         let picked = self
@@ -180,6 +170,37 @@ impl ProxyHttp for Gateway {
         peer.options.write_timeout = Some(up.read_timeout);
         peer.options.idle_timeout = Some(up.idle_timeout);
         Ok(Box::new(peer))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::new(self.live.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.request_id = headers::request_id(session.req_header());
+        let id = ctx.request_id.clone();
+        let request_id = move || id.to_str().unwrap_or("-").to_owned();
+        panic_guard::guard("request_filter", request_id, self.admit(session, ctx)).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let id = ctx.request_id.clone();
+        let request_id = move || id.to_str().unwrap_or("-").to_owned();
+        let req = session.req_header();
+        panic_guard::guard("upstream_peer", request_id, async {
+            panic_guard::injected(req, "upstream_peer");
+            self.pick_peer(ctx)
+        })
+        .await
     }
 
     async fn connected_to_upstream(

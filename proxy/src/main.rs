@@ -13,6 +13,7 @@ mod headers;
 mod lifecycle;
 mod logging;
 mod metrics;
+mod panic_guard;
 mod rate_limit;
 mod reload;
 mod responses;

@@ -322,3 +322,47 @@ async fn malformed_request_gets_400_and_proxy_lives() {
     assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
     assert_eq!(get(proxy.addr, "/after").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_a_phase_answers_500_and_the_process_stays_up() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&[&a], "").await;
+    for phase in ["request_filter", "upstream_peer"] {
+        let id = format!("panic-{phase}");
+        let r = get_with(
+            proxy.addr,
+            None,
+            "/boom",
+            &[("X-Gateway-Test-Panic", phase), ("X-Request-Id", &id)],
+        )
+        .await;
+        assert_eq!(r.status, 500, "{phase}: {}", r.text());
+        assert_eq!(r.json()["status"], 500);
+        assert_eq!(r.json()["request_id"], id.as_str());
+        let logged = wait_until(Duration::from_secs(5), || async {
+            proxy
+                .log()
+                .lines()
+                .any(|l| l.contains(&id) && l.contains("panic"))
+        })
+        .await;
+        assert!(logged, "log:\n{}", proxy.log());
+    }
+    assert_eq!(get(proxy.addr, "/after").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_given_by_host_name_resolve() {
+    let a = Backend::start("a");
+    let name = format!("localhost:{}", a.addr.port());
+    let proxy = Proxy::start_with(vec![name.clone()], "", true).await;
+    let mut client = Client::new(proxy.addr);
+    for _ in 0..10 {
+        let r = client.get("/named").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-upstream"), Some(name.as_str()));
+        assert_eq!(r.json()["backend"], "a");
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(m.sum("gateway_backend_up", &[("backend", &name)]), 1.0);
+}
