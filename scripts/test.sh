@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing (as root or with sudo; otherwise prints the exact
+# apt-get command), builds, runs the Rust unit and integration tests (real binaries on loopback),
+# the static checks of the deployment files, the live dashboard check against a real
+# Prometheus, and the load-test scenarios. Exits non-zero on the first failure.
+#
+#   ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust >= 1.85 (https://rustup.rs)" >&2; exit 1; }
+ensure_packages cmake:cmake cc:gcc make:make curl:curl python3:python3 ab:apache2-utils \
+  prometheus:prometheus promtool:prometheus docker-compose:docker-compose systemd-analyze:systemd
+
+steps=0
+step() {
+  echo; echo "=== $*"
+  "$@"
+  steps=$((steps + 1))
+}
+
+step cargo build --workspace --locked
+step cargo test --workspace --locked
+step scripts/check_static.sh
+step scripts/check_dashboard_live.sh
+step loadtest/run_ab.sh all
+
+echo
+echo "checks: $steps passed, 0 failed"
