@@ -114,7 +114,7 @@ impl Gateway {
         let forwarded = if rl.trusted_proxies.is_empty() {
             None
         } else {
-            joined_header(session.req_header(), &X_FORWARDED_FOR)
+            headers::joined_values(session.req_header(), &X_FORWARDED_FOR)
         };
         let client = client_ip(peer, forwarded.as_deref(), &rl.trusted_proxies);
         ctx.client = Some(client);
@@ -366,16 +366,4 @@ impl ProxyHttp for Gateway {
         }
         ctx.client_inflight = None;
     }
-}
-
-/// All values of a header joined with ", " (as a proxy chain would have sent them).
-fn joined_header(req: &RequestHeader, name: &http::HeaderName) -> Option<String> {
-    let mut values = req.headers.get_all(name).iter();
-    let first = values.next()?;
-    let mut joined = String::from_utf8_lossy(first.as_bytes()).into_owned();
-    for v in values {
-        joined.push_str(", ");
-        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
-    }
-    Some(joined)
 }

@@ -40,11 +40,8 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
 pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
     if let Some(peer) = ctx.peer {
         let peer = peer.to_string();
-        let joined = match req.headers.get(&X_FORWARDED_FOR) {
-            Some(prev) if !prev.is_empty() => {
-                let prev = String::from_utf8_lossy(prev.as_bytes());
-                format!("{prev}, {peer}")
-            }
+        let joined = match joined_values(req, &X_FORWARDED_FOR) {
+            Some(prev) if !prev.is_empty() => format!("{prev}, {peer}"),
             _ => peer,
         };
         req.insert_header(X_FORWARDED_FOR, joined)?;
@@ -63,6 +60,18 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
         req.insert_header(name.clone(), value.clone())?;
     }
     Ok(())
+}
+
+/// All values of a header joined with ", ", as one list (RFC 9110 field lines combine so).
+pub fn joined_values(req: &RequestHeader, name: &HeaderName) -> Option<String> {
+    let mut values = req.headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut joined = String::from_utf8_lossy(first.as_bytes()).into_owned();
+    for v in values {
+        joined.push_str(", ");
+        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(joined)
 }
 
 /// `X-Request-Id`, `Via`, rate-limit and `[headers.response]` headers on anything we send.

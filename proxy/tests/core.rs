@@ -72,6 +72,22 @@ request = { "X-Env" = "test" }"#,
         .is_some_and(|v| v.contains("pingora-gateway")));
     assert_eq!(r.header("x-test-gateway"), Some("yes"));
 
+    // Several X-Forwarded-For lines form one list, and our hop is appended to it.
+    let r = get_with(
+        proxy.addr,
+        None,
+        "/echo",
+        &[
+            ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Forwarded-For", "203.0.113.7"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-for"],
+        "198.51.100.1, 203.0.113.7, 127.0.0.1"
+    );
+
     // Without an id, one is generated and the backend and the client see the same.
     let r = get(proxy.addr, "/echo").await;
     let id = r.header("x-request-id").expect("generated id").to_owned();
