@@ -21,6 +21,8 @@ mod server;
 mod state;
 mod upstream;
 
+use std::sync::{Arc, Mutex};
+
 use clap::Parser;
 use pingora::server::RunArgs;
 
@@ -51,9 +53,11 @@ fn main() {
         .map(|a| a.to_string())
         .collect();
     let admin = settings.admin.listen;
+    let guards = Arc::new(Mutex::new(Some(guards)));
     let run = server::RunOptions {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
+        log_guards: guards.clone(),
     };
     let server = match server::build(settings, &cli.config, run) {
         Ok(s) => s,

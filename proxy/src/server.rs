@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::prelude::{background_service, Opt};
@@ -15,7 +16,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::Settings;
 use crate::gateway::Gateway;
-use crate::lifecycle::DrainWatcher;
+use crate::lifecycle::{DrainWatcher, SharedLogGuards};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::Live;
@@ -29,6 +30,14 @@ const PINGORA_MAX_ATTEMPTS: usize = 16;
 pub struct RunOptions {
     pub upgrade: bool,
     pub daemon: bool,
+    /// Flushed by the drain watcher when it ends the process early.
+    pub log_guards: SharedLogGuards,
+}
+
+/// The whole time in-flight requests get after SIGTERM.
+fn drain_budget(settings: &Settings) -> Duration {
+    let s = &settings.server;
+    Duration::from_secs(s.grace_period_seconds + s.graceful_shutdown_timeout_seconds)
 }
 
 fn server_conf(settings: &Settings, daemon: bool) -> ServerConf {
@@ -37,8 +46,10 @@ fn server_conf(settings: &Settings, daemon: bool) -> ServerConf {
         version: 1,
         daemon,
         threads: s.threads,
-        grace_period_seconds: Some(s.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        // Requests keep running through Pingora's grace period only (its runtime shutdown
+        // drops tasks), so the whole budget goes there; DrainWatcher exits early when idle.
+        grace_period_seconds: Some(drain_budget(settings).as_secs()),
+        graceful_shutdown_timeout_seconds: Some(0),
         upgrade_sock: s.upgrade_sock.clone(),
         pid_file: s.pid_file.clone(),
         upstream_keepalive_pool_size: settings.upstream.keepalive_pool_size,
@@ -100,10 +111,18 @@ pub fn build(
             path: config_path.to_path_buf(),
             live,
             backends,
-            metrics,
+            metrics: metrics.clone(),
         },
     );
-    let drain = background_service("drain watcher", DrainWatcher { draining });
+    let drain = background_service(
+        "drain watcher",
+        DrainWatcher {
+            draining,
+            metrics: metrics.clone(),
+            budget: drain_budget(&settings),
+            log_guards: run.log_guards,
+        },
+    );
 
     server.add_service(balancer);
     server.add_service(proxy);

@@ -24,7 +24,8 @@ async fn sigterm_finishes_in_flight_request_then_exits_0() {
     let a = Backend::start("a");
     let mut proxy = Proxy::start(
         &[&a],
-        "[server]\ngrace_period_seconds = 2\ngraceful_shutdown_timeout_seconds = 1",
+        // The request outlives the grace period but not grace + shutdown timeout.
+        "[server]\ngrace_period_seconds = 1\ngraceful_shutdown_timeout_seconds = 1",
     )
     .await;
     // Admin connections opened before shutdown, to ask /ready once shutdown has begun.
@@ -71,11 +72,32 @@ async fn sigterm_finishes_in_flight_request_then_exits_0() {
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200, "in-flight request: {}", r.text());
 
-    // Drain time is 2 + 1 s; allow scheduling slack.
-    let status = proxy.wait_exit(Duration::from_secs(6)).await;
+    // Drain budget is 1 + 1 s; allow scheduling slack.
+    let status = proxy.wait_exit(Duration::from_secs(5)).await;
     let status = status.unwrap_or_else(|| panic!("did not exit; output:\n{}", proxy.output()));
     assert!(status.success(), "exit status {status:?}");
-    assert!(sent.elapsed() < Duration::from_secs(6));
+    assert!(sent.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_proxy_exits_on_sigterm_without_waiting_out_the_budget() {
+    let a = Backend::start("a");
+    let mut proxy = Proxy::start(
+        &[&a],
+        "[server]\ngrace_period_seconds = 30\ngraceful_shutdown_timeout_seconds = 30",
+    )
+    .await;
+    assert_eq!(get(proxy.addr, "/x").await.status, 200);
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(15)).await;
+    let status =
+        status.unwrap_or_else(|| panic!("still draining an idle proxy:\n{}", proxy.output()));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        proxy.log().contains("drained; exiting"),
+        "log:\n{}",
+        proxy.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
