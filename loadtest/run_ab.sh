@@ -1,0 +1,775 @@
+#!/usr/bin/env bash
+# Load-test scenarios for the gateway, driven by ApacheBench (ab).
+#
+#   loadtest/run_ab.sh SCENARIO [--compose]
+#
+#   balance    BALANCE_REQUESTS requests through the proxy: an even split over the live backends
+#              (round robin: 300 over 3 backends is 100 each). The load generator is exempt from
+#              the rate limiter, so volume is not limited.
+#   ratelimit  150 requests from one client under the default limit (100 per 60 s): exactly
+#              100 x 2xx and 50 x 429, once with `ab -c 1` and once with `ab -c 10`, each
+#              against a fresh limiter.
+#   failover   `ab -k -n 3000 -c 6` while a backend (backend2) is SIGKILLed mid-run: zero non-2xx
+#              and zero failed requests; the split before and after the kill is shown.
+#   graceful   SIGTERM to the proxy while /delay/1500 is in flight: that request completes with
+#              200, new connections are refused, and the proxy exits 0 within its drain time
+#              (grace_period_seconds + graceful_shutdown_timeout_seconds, + DRAIN_SLACK_MS).
+#   all        the four, back to back (each in its own process); non-zero if any failed.
+#
+# Each scenario prints a table (sent, 2xx, 429, 5xx, other, failed, rps, per-backend split; the
+# counts come from the deltas of gateway_requests_total on the admin /metrics, failed and rps
+# from ab) and one line per check, then "RESULT <scenario>: PASS|FAIL".
+# Exit status: 0 expectations met, 1 an expectation missed, 2 usage or setup error.
+#
+# Local mode (default): every scenario starts its own three mock backends and its own proxy
+# instance (so its own, fresh rate-limit state) on free 127.0.0.1 ports, from a config generated
+# in a temporary directory; everything it started is stopped on exit. The directory (configs,
+# logs, ab reports) is removed afterwards unless the scenario failed or KEEP_TMP=1.
+# Binaries are built with `cargo build --workspace` when missing; after changing the code, build
+# (or delete the binaries) before running.
+#
+# --compose: drives the docker-compose stack (`docker compose up -d --build` first) at
+# COMPOSE_PROXY_URL / COMPOSE_ADMIN_URL. config/docker.toml has the default limits and nothing
+# exempt, and the host is one client with 100 requests per 60 s for everything. So every
+# scenario first restarts the proxy container (`docker compose restart proxy`: a fresh limiter;
+# each restart waits out the proxy's drain, about 5 s) and keeps its volume within the budget:
+# balance sends 90 requests, failover 90 requests of /delay/100 with -c 3 (slow enough to kill
+# `backend2` with `docker compose kill backend2` mid-run; it is started again afterwards),
+# ratelimit restarts before each of its two runs, graceful sends SIGTERM with
+# `docker compose kill -s SIGTERM proxy`, reads the container's exit code and starts it again.
+#
+# Settings (environment, defaults in brackets):
+#   PROFILE [debug]            debug or release: where the binaries are looked for and built
+#   PROXY_BIN [target/$PROFILE/proxy]  BACKEND_BIN [target/$PROFILE/mock-backend]
+#                              (relative paths are relative to the repository root)
+#   KEEP_TMP [0]               1 keeps the temporary directory even when everything passed
+#   READY_TIMEOUT_SECONDS [30; 120 with --compose]  how long to wait for readiness
+#   AB_TIMEOUT_SECONDS [300]   hard limit for one ab run
+#   BALANCE_REQUESTS [300; 90]  BALANCE_CONCURRENCY [1]  BALANCE_TOLERANCE [0] (requests per backend)
+#   RATELIMIT_CONCURRENCY ["1 10"]  ab -c values, one fresh limiter each
+#   FAILOVER_REQUESTS [3000; 90]  FAILOVER_CONCURRENCY [6; 3]  FAILOVER_PATH [/; /delay/100]
+#   FAILOVER_KILL_AFTER [a third of FAILOVER_REQUESTS]  requests answered before the kill
+#   GRACEFUL_DELAY_MS [1500]   the in-flight request (/delay/MS)
+#   GRACEFUL_GRACE_SECONDS [1]  GRACEFUL_TIMEOUT_SECONDS [1]  drain settings of the local proxy
+#                              (with --compose they are read from config/docker.toml)
+#   DRAIN_SLACK_MS [1000]      allowed on top of grace + timeout for the proxy to exit
+#   COMPOSE_PROXY_URL [http://127.0.0.1:8080]  COMPOSE_ADMIN_URL [http://127.0.0.1:9091]
+#   COMPOSE_BACKENDS ["backend1 backend2 backend3"]  COMPOSE_BACKEND_PORT [9000]
+#   FAILOVER_SERVICE [backend2]  the compose service killed by failover
+#
+# Examples:
+#   loadtest/run_ab.sh ratelimit
+#   loadtest/run_ab.sh all
+#   PROFILE=release loadtest/run_ab.sh failover
+#   loadtest/run_ab.sh all --compose
+
+set -euo pipefail
+
+LOADTEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$LOADTEST_DIR/.." && pwd)
+cd "$ROOT"
+# shellcheck source=loadtest/lib.sh
+source "$LOADTEST_DIR/lib.sh"
+
+SCENARIOS=(balance ratelimit failover graceful)
+
+usage() {
+    cat <<EOF
+usage: loadtest/run_ab.sh SCENARIO [--compose]
+
+SCENARIO: balance | ratelimit | failover | graceful | all
+--compose: drive the docker-compose stack instead of starting local processes
+
+Settings are environment variables; see the comment at the top of $LOADTEST_DIR/run_ab.sh.
+EOF
+}
+
+SCENARIO=
+COMPOSE=0
+for arg in "$@"; do
+    case $arg in
+    --compose) COMPOSE=1 ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    balance | ratelimit | failover | graceful | all)
+        [[ -z $SCENARIO ]] || {
+            usage >&2
+            exit 2
+        }
+        SCENARIO=$arg
+        ;;
+    *)
+        printf 'run_ab: unknown argument: %s\n' "$arg" >&2
+        usage >&2
+        exit 2
+        ;;
+    esac
+done
+[[ -n $SCENARIO ]] || {
+    usage >&2
+    exit 2
+}
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+PROFILE=${PROFILE:-debug}
+case $PROFILE in
+debug | release) ;;
+*) die "PROFILE must be debug or release, not '$PROFILE'" ;;
+esac
+PROXY_BIN=${PROXY_BIN:-target/$PROFILE/proxy}
+BACKEND_BIN=${BACKEND_BIN:-target/$PROFILE/mock-backend}
+AB_TIMEOUT_SECONDS=${AB_TIMEOUT_SECONDS:-300}
+DRAIN_SLACK_MS=${DRAIN_SLACK_MS:-1000}
+RATELIMIT_CONCURRENCY=${RATELIMIT_CONCURRENCY:-"1 10"}
+BALANCE_CONCURRENCY=${BALANCE_CONCURRENCY:-1}
+BALANCE_TOLERANCE=${BALANCE_TOLERANCE:-0}
+GRACEFUL_DELAY_MS=${GRACEFUL_DELAY_MS:-1500}
+COMPOSE_PROXY_URL=${COMPOSE_PROXY_URL:-http://127.0.0.1:8080}
+COMPOSE_ADMIN_URL=${COMPOSE_ADMIN_URL:-http://127.0.0.1:9091}
+COMPOSE_BACKENDS=${COMPOSE_BACKENDS:-"backend1 backend2 backend3"}
+COMPOSE_BACKEND_PORT=${COMPOSE_BACKEND_PORT:-9000}
+FAILOVER_SERVICE=${FAILOVER_SERVICE:-backend2}
+if ((COMPOSE)); then
+    READY_TIMEOUT_SECONDS=${READY_TIMEOUT_SECONDS:-120}
+    BALANCE_REQUESTS=${BALANCE_REQUESTS:-90}
+    FAILOVER_REQUESTS=${FAILOVER_REQUESTS:-90}
+    FAILOVER_CONCURRENCY=${FAILOVER_CONCURRENCY:-3}
+    FAILOVER_PATH=${FAILOVER_PATH:-/delay/100}
+else
+    READY_TIMEOUT_SECONDS=${READY_TIMEOUT_SECONDS:-30}
+    BALANCE_REQUESTS=${BALANCE_REQUESTS:-300}
+    FAILOVER_REQUESTS=${FAILOVER_REQUESTS:-3000}
+    FAILOVER_CONCURRENCY=${FAILOVER_CONCURRENCY:-6}
+    FAILOVER_PATH=${FAILOVER_PATH:-/}
+fi
+FAILOVER_KILL_AFTER=${FAILOVER_KILL_AFTER:-$((FAILOVER_REQUESTS / 3))}
+GRACEFUL_GRACE_SECONDS=${GRACEFUL_GRACE_SECONDS:-1}
+GRACEFUL_TIMEOUT_SECONDS=${GRACEFUL_TIMEOUT_SECONDS:-1}
+
+# The contract's default limit; ratelimit sends half as much again.
+RATE_LIMIT=100
+RATE_SENT=150
+
+for v in AB_TIMEOUT_SECONDS DRAIN_SLACK_MS BALANCE_REQUESTS BALANCE_CONCURRENCY BALANCE_TOLERANCE \
+    FAILOVER_REQUESTS FAILOVER_CONCURRENCY FAILOVER_KILL_AFTER GRACEFUL_DELAY_MS \
+    GRACEFUL_GRACE_SECONDS GRACEFUL_TIMEOUT_SECONDS READY_TIMEOUT_SECONDS COMPOSE_BACKEND_PORT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
+done
+for c in $RATELIMIT_CONCURRENCY; do
+    [[ $c =~ ^[1-9][0-9]*$ ]] || die "RATELIMIT_CONCURRENCY must list whole numbers, not '$c'"
+done
+((BALANCE_REQUESTS > 0 && BALANCE_CONCURRENCY > 0 && FAILOVER_REQUESTS > 0 && FAILOVER_CONCURRENCY > 0)) ||
+    die "request counts and concurrency must be at least 1"
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+need_tool ab "sudo apt-get install -y apache2-utils   (Fedora: sudo dnf install -y httpd-tools)"
+need_tool curl "sudo apt-get install -y curl"
+need_tool python3 "sudo apt-get install -y python3"
+need_tool timeout "sudo apt-get install -y coreutils"
+
+COMPOSE_CMD=()
+if ((COMPOSE)); then
+    need_tool docker "see https://docs.docker.com/engine/install/ (Debian/Ubuntu: sudo apt-get install -y docker.io docker-compose-v2)"
+    if docker compose version >/dev/null 2>&1; then
+        COMPOSE_CMD=(docker compose)
+    elif command -v docker-compose >/dev/null 2>&1; then
+        COMPOSE_CMD=(docker-compose)
+    else
+        die "Docker Compose is required. Install it with: sudo apt-get install -y docker-compose-v2   (or see https://docs.docker.com/compose/install/)"
+    fi
+fi
+
+ensure_binaries() {
+    [[ -x $PROXY_BIN && -x $BACKEND_BIN ]] && return 0
+    need_tool cargo "curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh   (see https://rustup.rs)"
+    local flags=(build --workspace)
+    [[ $PROFILE == release ]] && flags+=(--release)
+    note "$PROXY_BIN or $BACKEND_BIN missing: running cargo ${flags[*]}"
+    cargo "${flags[@]}" || die "cargo ${flags[*]} failed"
+    [[ -x $PROXY_BIN ]] || die "$PROXY_BIN is still missing after the build (check PROXY_BIN)"
+    [[ -x $BACKEND_BIN ]] || die "$BACKEND_BIN is still missing after the build (check BACKEND_BIN)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# State of one scenario run.
+
+WORK_DIR=
+PROXY_URL=
+ADMIN_URL=
+PROXY_PID=
+PROXY_LOG=
+PROXY_INSTANCE=0
+BACKEND_PIDS=()
+STARTED_DIED=0
+
+# ---- local stack ----------------------------------------------------------------------------
+
+# backend_up LOG PID: the backend printed its address (or died: STARTED_DIED=1).
+backend_up() {
+    alive "$2" || {
+        STARTED_DIED=1
+        return 0
+    }
+    grep -q '^mock-backend .* listening on ' "$1"
+}
+
+# start_backends: three mock backends on 127.0.0.1 port 0; the OS picks the port, the backend
+# prints it. Sets BACKEND_LABELS, BACKEND_NAMES, BACKEND_PIDS.
+start_backends() {
+    local i log addr
+    BACKEND_LABELS=() BACKEND_NAMES=() BACKEND_PIDS=()
+    for i in 1 2 3; do
+        spawn "$WORK_DIR/backend$i.log" "$BACKEND_BIN" --listen 127.0.0.1:0 --name "backend$i"
+        BACKEND_PIDS+=("$SPAWNED_PID")
+        BACKEND_NAMES+=("backend$i")
+    done
+    for i in 1 2 3; do
+        log=$WORK_DIR/backend$i.log
+        STARTED_DIED=0
+        poll $((READY_TIMEOUT_SECONDS * 1000)) 0.05 backend_up "$log" "${BACKEND_PIDS[i - 1]}" ||
+            die "backend$i did not print its address within ${READY_TIMEOUT_SECONDS}s (log: $log)"
+        ((STARTED_DIED == 0)) || die "backend$i exited at start: $(tail -n 5 "$log")"
+        addr=$(sed -n 's/^mock-backend .* listening on \(127\.0\.0\.1:[0-9][0-9]*\).*$/\1/p' "$log" | head -n 1)
+        [[ -n $addr ]] || die "cannot read backend$i's address from $log"
+        poll $((READY_TIMEOUT_SECONDS * 1000)) 0.05 curl -fs -o /dev/null --max-time 1 "http://$addr/health" ||
+            die "backend$i ($addr) does not answer /health"
+        BACKEND_LABELS+=("$addr")
+    done
+}
+
+# write_config FILE LIMITER GRACE TIMEOUT: a proxy config for this run.
+#   LIMITER: "exempt" (loopback never limited) or "default" (the default 100 per 60 s).
+write_config() {
+    local file=$1 limiter=$2 grace=$3 timeout=$4 b list=""
+    for b in "${BACKEND_LABELS[@]}"; do
+        list+="${list:+, }\"$b\""
+    done
+    {
+        printf '# Generated by loadtest/run_ab.sh %s (instance %s).\n\n' "$SCENARIO" "$PROXY_INSTANCE"
+        printf '[server]\nlisten = "127.0.0.1:%s"\nthreads = 2\n' "$PROXY_PORT"
+        printf 'grace_period_seconds = %s\ngraceful_shutdown_timeout_seconds = %s\n' "$grace" "$timeout"
+        printf 'upgrade_sock = "%s/proxy%s-upgrade.sock"\n' "$WORK_DIR" "$PROXY_INSTANCE"
+        printf 'pid_file = "%s/proxy%s.pid"\n\n' "$WORK_DIR" "$PROXY_INSTANCE"
+        printf '[upstream]\nbackends = [%s]\n\n' "$list"
+        printf '[rate_limit]\n'
+        if [[ $limiter == exempt ]]; then
+            printf '# The load generator is on loopback: never limited, so volume is not throttled.\n'
+            printf 'exempt = ["127.0.0.0/8", "::1/128"]\n\n'
+        else
+            printf '# Defaults: 100 requests per 60 s per client, nothing exempt.\n\n'
+        fi
+        printf '[admin]\nlisten = "127.0.0.1:%s"\n\n' "$ADMIN_PORT"
+        printf '[log]\nlevel = "info"\nfile = "%s"\naccess_log = true\n' "$PROXY_LOG"
+    } >"$file"
+}
+
+# proxy_up: ready with every backend healthy and the proxy port accepting (or died).
+proxy_up() {
+    alive "$PROXY_PID" || {
+        STARTED_DIED=1
+        return 0
+    }
+    ready_with "$ADMIN_URL" "${#BACKEND_LABELS[@]}" && tcp_open 127.0.0.1 "$PROXY_PORT"
+}
+
+# start_proxy LIMITER GRACE TIMEOUT: a new proxy instance on free ports (a port taken between
+# picking and binding makes it exit; then it is tried again with new ports, three times at most).
+start_proxy() {
+    local limiter=$1 grace=$2 timeout=$3 attempt cfg out
+    for attempt in 1 2 3; do
+        PROXY_INSTANCE=$((PROXY_INSTANCE + 1))
+        read -r PROXY_PORT ADMIN_PORT <<<"$(free_ports 2)"
+        PROXY_URL=http://127.0.0.1:$PROXY_PORT
+        ADMIN_URL=http://127.0.0.1:$ADMIN_PORT
+        cfg=$WORK_DIR/proxy$PROXY_INSTANCE.toml
+        out=$WORK_DIR/proxy$PROXY_INSTANCE.out
+        PROXY_LOG=$WORK_DIR/proxy$PROXY_INSTANCE.log
+        write_config "$cfg" "$limiter" "$grace" "$timeout"
+        "$PROXY_BIN" -t -c "$cfg" >"$out" 2>&1 || die "the generated config is rejected: $(cat "$out")"
+        spawn "$out" "$PROXY_BIN" -c "$cfg"
+        PROXY_PID=$SPAWNED_PID
+        STARTED_DIED=0
+        poll $((READY_TIMEOUT_SECONDS * 1000)) 0.1 proxy_up ||
+            die "the proxy was not ready (with ${#BACKEND_LABELS[@]} healthy backends) within ${READY_TIMEOUT_SECONDS}s; /ready says: $(curl -s --max-time 2 "$ADMIN_URL/ready" || true)"
+        if ((STARTED_DIED == 0)); then
+            return 0
+        fi
+        wait "$PROXY_PID" 2>/dev/null || true
+        warn "the proxy exited at start (attempt $attempt): $(tail -n 3 "$out")"
+    done
+    die "the proxy did not start; see $WORK_DIR"
+}
+
+# ---- compose stack --------------------------------------------------------------------------
+
+compose() { "${COMPOSE_CMD[@]}" -f "$ROOT/docker-compose.yml" "$@"; }
+
+# compose_do ARGS...: compose ARGS with its output in the work dir; on failure the last lines
+# are shown and the status is 1.
+compose_do() {
+    compose "$@" >"$WORK_DIR/compose.log" 2>&1 && return 0
+    warn "docker compose $* failed: $(tail -n 3 "$WORK_DIR/compose.log" | tr '\n' ' ')"
+    return 1
+}
+
+compose_labels() {
+    local s
+    BACKEND_LABELS=() BACKEND_NAMES=()
+    for s in $COMPOSE_BACKENDS; do
+        BACKEND_NAMES+=("$s")
+        BACKEND_LABELS+=("$s:$COMPOSE_BACKEND_PORT")
+    done
+}
+
+# compose_ready HEALTHY: /ready with HEALTHY healthy backends and the proxy port accepting.
+compose_ready() {
+    ready_with "$ADMIN_URL" "$1" && tcp_open "$PROXY_HOST" "$PROXY_PORT"
+}
+
+compose_wait_ready() {
+    poll $((READY_TIMEOUT_SECONDS * 1000)) 0.5 compose_ready "$1" ||
+        die "the compose proxy was not ready with $1 healthy backends within ${READY_TIMEOUT_SECONDS}s; /ready says: $(curl -s --max-time 2 "$ADMIN_URL/ready" || true)"
+}
+
+# compose_fresh_proxy: restart the proxy container (fresh rate-limit window) and wait for it.
+compose_fresh_proxy() {
+    note "restarting the proxy container for a fresh rate-limit window (docker compose restart proxy)"
+    compose_do restart proxy || die "could not restart the proxy container"
+    compose_wait_ready "${#BACKEND_LABELS[@]}"
+}
+
+# Reads an integer key from config/docker.toml (first occurrence).
+toml_int() {
+    awk -v key="$2" -F= '{ k = $1; gsub(/[[:space:]]/, "", k) }
+        k == key { v = $2; sub(/#.*/, "", v); gsub(/[^0-9]/, "", v); print v; exit }' "$1"
+}
+
+# ---- either ---------------------------------------------------------------------------------
+
+# stack_up LIMITER GRACE TIMEOUT: backends (once) and a fresh proxy; with --compose a restarted
+# proxy container (the compose config decides the limiter and drain settings).
+stack_up() {
+    if ((COMPOSE)); then
+        compose_fresh_proxy
+    else
+        ((${#BACKEND_PIDS[@]})) || start_backends
+        if [[ -n $PROXY_PID ]]; then
+            stop_pid "$PROXY_PID"
+        fi
+        start_proxy "$@"
+    fi
+}
+
+# backend_name LABEL: the name printed for a backend address.
+backend_name() {
+    local i
+    for i in "${!BACKEND_LABELS[@]}"; do
+        [[ ${BACKEND_LABELS[i]} == "$1" ]] && {
+            printf '%s\n' "${BACKEND_NAMES[i]}"
+            return 0
+        }
+    done
+    printf '%s\n' "${1:-?}"
+}
+
+show_backends() {
+    local i line=""
+    for i in "${!BACKEND_LABELS[@]}"; do
+        line+="${line:+, }${BACKEND_NAMES[i]}=${BACKEND_LABELS[i]}"
+    done
+    say "backends: $line; proxy $PROXY_URL, admin $ADMIN_URL"
+}
+
+# run_ab OUT ARGS...: ab -q -l -r ARGS (variable lengths accepted, receive errors counted instead
+# of aborting), bounded by AB_TIMEOUT_SECONDS; sets AB_RC and AB_* from its report.
+run_ab() {
+    local out=$1
+    shift
+    AB_RC=0
+    timeout "$AB_TIMEOUT_SECONDS" ab -q -l -r -s 30 "$@" >"$out" 2>&1 || AB_RC=$?
+    ab_summary "$out"
+    ((AB_RC == 0)) || warn "ab exited with $AB_RC: $(grep -v '^$' "$out" | tail -n 2 | tr '\n' ' ')"
+}
+
+# Checks shared by the scenarios on an ab run of N requests.
+expect_ab_clean() {
+    expect_eq "ab exit status" "$AB_RC" 0
+    expect_eq "ab complete requests" "$AB_COMPLETE" "$1"
+    expect_eq "ab failed requests" "$AB_FAILED" 0
+}
+
+scenario_title() {
+    say "== $SCENARIO$( ((COMPOSE)) && printf ' (compose)'): $* =="
+}
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+scenario_balance() {
+    local n=$BALANCE_REQUESTS c=$BALANCE_CONCURRENCY live lo hi i
+    stack_up exempt 0 1
+    live=${#BACKEND_LABELS[@]}
+    scenario_title "$n requests, ab -c $c, $live live backends"
+    show_backends
+    scrape "$ADMIN_URL" "$WORK_DIR/m0"
+    run_ab "$WORK_DIR/balance.ab" -n "$n" -c "$c" "$PROXY_URL/"
+    scrape_settled "$ADMIN_URL" "$WORK_DIR/m1" "$(requests_total "$WORK_DIR/m0")" "$n"
+    delta "$WORK_DIR/m0" "$WORK_DIR/m1"
+    table_header
+    table_row "ab -c $c" "$n" "$AB_FAILED" "$AB_RPS"
+
+    expect_ab_clean "$n"
+    expect_eq "ab non-2xx responses" "$AB_NON2XX" 0
+    expect_eq "2xx counted by the proxy" "$D_2XX" "$n"
+    expect_eq "rate limited (gateway_rate_limited_total)" "$D_LIMITED" 0
+    lo=$((n / live - BALANCE_TOLERANCE))
+    hi=$(((n + live - 1) / live + BALANCE_TOLERANCE))
+    for i in "${!BACKEND_LABELS[@]}"; do
+        expect_range "${BACKEND_NAMES[i]} share" "${D_BACKEND[i]:-0}" "$lo" "$hi"
+    done
+    expect_eq "answered by no backend or an unlisted one" $((D_NONE + D_UNLISTED)) 0
+}
+
+scenario_ratelimit() {
+    local c title=""
+    for c in $RATELIMIT_CONCURRENCY; do title+="${title:+, }-c $c"; done
+    scenario_title "$RATE_SENT requests from one client, default limit $RATE_LIMIT per 60 s (ab $title, fresh limiter each)"
+    local first=1 want_2xx=$RATE_LIMIT want_429=$((RATE_SENT - RATE_LIMIT))
+    local rows=() headers=""
+    for c in $RATELIMIT_CONCURRENCY; do
+        stack_up default 0 1
+        ((first)) && show_backends
+        scrape "$ADMIN_URL" "$WORK_DIR/m0.c$c"
+        run_ab "$WORK_DIR/ratelimit.c$c.ab" -n "$RATE_SENT" -c "$c" "$PROXY_URL/"
+        scrape_settled "$ADMIN_URL" "$WORK_DIR/m1.c$c" "$(requests_total "$WORK_DIR/m0.c$c")" "$RATE_SENT"
+        delta "$WORK_DIR/m0.c$c" "$WORK_DIR/m1.c$c"
+        ((first)) && table_header
+        table_row "ab -c $c" "$RATE_SENT" "$AB_FAILED" "$AB_RPS"
+        rows+=("$c $AB_RC $AB_COMPLETE $AB_FAILED $AB_NON2XX $D_2XX $D_429 $D_5XX $D_OTHER $D_LIMITED")
+        if ((first)); then
+            # One more request, after the measurement: what a limited client is told.
+            headers=$(curl -s -o /dev/null -D - --max-time 5 "$PROXY_URL/" |
+                tr -d '\r' | grep -i -E '^(HTTP/|ratelimit-|retry-after)' | paste -sd ' ' || true)
+        fi
+        first=0
+    done
+    [[ -n $headers ]] && say "a further request gets: $headers"
+    local row rc complete failed non2xx ok limited server other counted
+    for row in "${rows[@]}"; do
+        read -r c rc complete failed non2xx ok limited server other counted <<<"$row"
+        AB_RC=$rc AB_COMPLETE=$complete AB_FAILED=$failed
+        say " ab -c $c:"
+        expect_ab_clean "$RATE_SENT"
+        expect_eq "ab non-2xx responses" "$non2xx" "$want_429"
+        expect_eq "2xx" "$ok" "$want_2xx"
+        expect_eq "429" "$limited" "$want_429"
+        expect_eq "5xx and other statuses" $((server + other)) 0
+        expect_eq "gateway_rate_limited_total increase" "$counted" "$want_429"
+    done
+}
+
+# load_progress BASE WANT AB_PID: WANT requests answered since BASE, or ab ended (LOAD_ENDED=1).
+LOAD_ENDED=0
+LOAD_DONE=0
+load_progress() {
+    local now
+    alive "$3" || {
+        LOAD_ENDED=1
+        return 0
+    }
+    now=$(curl -s --max-time 2 "$ADMIN_URL/metrics" | requests_total -) || return 1
+    LOAD_DONE=$((now - $1))
+    ((LOAD_DONE >= $2))
+}
+
+# victim_out EXPECTED: /ready counts EXPECTED healthy backends (the victim left the rotation).
+victim_out() {
+    local n
+    n=$(healthy_count "$ADMIN_URL")
+    [[ -n $n ]] && ((n <= $1))
+}
+
+VICTIM_KILLED=0
+compose_restore_victim() {
+    ((VICTIM_KILLED)) || return 0
+    note "starting $FAILOVER_SERVICE again (docker compose start $FAILOVER_SERVICE)"
+    compose_do start "$FAILOVER_SERVICE" && VICTIM_KILLED=0
+}
+
+scenario_failover() {
+    local n=$FAILOVER_REQUESTS c=$FAILOVER_CONCURRENCY path=$FAILOVER_PATH
+    local victim=1 victim_name victim_label base ab_pid t_kill down_ms="" i
+    if ((COMPOSE)); then
+        # A previous run may have left the victim down.
+        compose_do start "$FAILOVER_SERVICE" || die "could not start $FAILOVER_SERVICE"
+        for i in "${!BACKEND_NAMES[@]}"; do
+            [[ ${BACKEND_NAMES[i]} == "$FAILOVER_SERVICE" ]] && victim=$i
+        done
+    fi
+    stack_up exempt 0 1
+    victim_name=${BACKEND_NAMES[victim]}
+    victim_label=${BACKEND_LABELS[victim]}
+    scenario_title "ab -k -n $n -c $c $path; $victim_name SIGKILLed after $FAILOVER_KILL_AFTER answers"
+    show_backends
+    scrape "$ADMIN_URL" "$WORK_DIR/m0"
+    base=$(requests_total "$WORK_DIR/m0")
+    spawn "$WORK_DIR/failover.ab" timeout "$AB_TIMEOUT_SECONDS" ab -q -l -r -k -s 30 -n "$n" -c "$c" "$PROXY_URL$path"
+    ab_pid=$SPAWNED_PID
+
+    LOAD_ENDED=0
+    poll $((AB_TIMEOUT_SECONDS * 1000)) 0.02 load_progress "$base" "$FAILOVER_KILL_AFTER" "$ab_pid" ||
+        die "the load did not reach $FAILOVER_KILL_AFTER answered requests"
+    scrape "$ADMIN_URL" "$WORK_DIR/m_kill"
+    LOAD_DONE=$(($(requests_total "$WORK_DIR/m_kill") - base))
+    ((LOAD_DONE >= n)) && LOAD_ENDED=1
+    if ((LOAD_ENDED)); then
+        fail_line "the load ended before the kill could land ($LOAD_DONE of $n answered); raise FAILOVER_REQUESTS"
+    elif ((COMPOSE)); then
+        VICTIM_KILLED=1
+        CLEANUP_HOOKS+=(compose_restore_victim)
+        compose_do kill "$FAILOVER_SERVICE" || die "could not kill $FAILOVER_SERVICE"
+        t_kill=$(now_ms)
+        say "killed $victim_name ($victim_label) with docker compose kill (SIGKILL) after $LOAD_DONE answered requests"
+    else
+        # Reaped at once, with stderr closed, so bash reports no "Killed" job.
+        { kill -KILL "${BACKEND_PIDS[victim]}" && wait "${BACKEND_PIDS[victim]}"; } 2>/dev/null || true
+        t_kill=$(now_ms)
+        say "killed $victim_name ($victim_label, pid ${BACKEND_PIDS[victim]}) with SIGKILL after $LOAD_DONE answered requests"
+    fi
+    if ((!LOAD_ENDED)); then
+        if poll 10000 0.05 victim_out $((${#BACKEND_LABELS[@]} - 1)); then
+            down_ms=$(($(now_ms) - t_kill))
+        fi
+    fi
+
+    wait_exit "$ab_pid" $((AB_TIMEOUT_SECONDS * 1000 + 5000))
+    AB_RC=$EXIT_RC
+    ab_summary "$WORK_DIR/failover.ab"
+    ((AB_RC == 0)) || warn "ab exited with $AB_RC: $(grep -v '^$' "$WORK_DIR/failover.ab" | tail -n 2 | tr '\n' ' ')"
+    scrape_settled "$ADMIN_URL" "$WORK_DIR/m_end" "$base" "$n"
+
+    table_header
+    delta "$WORK_DIR/m0" "$WORK_DIR/m_kill"
+    local before_victim=${D_BACKEND[victim]:-0}
+    table_row "before kill" "$D_TOTAL" - -
+    delta "$WORK_DIR/m_kill" "$WORK_DIR/m_end"
+    local after_total=$D_TOTAL after_victim=${D_BACKEND[victim]:-0}
+    table_row "after kill" "$D_TOTAL" - -
+    delta "$WORK_DIR/m0" "$WORK_DIR/m_end"
+    table_row "total" "$n" "$AB_FAILED" "$AB_RPS"
+    say "retried on another backend: $D_RETRIES (gateway_upstream_retries_total); $victim_name answered $after_victim after the kill (requests already on their way)"
+    if [[ -n $down_ms ]]; then
+        say "health check took $victim_name out of rotation $(secs "$down_ms")s after the kill"
+    fi
+
+    expect_ab_clean "$n"
+    expect_eq "ab non-2xx responses" "$AB_NON2XX" 0
+    expect_eq "2xx counted by the proxy" "$D_2XX" "$n"
+    expect_eq "5xx and other statuses" $((D_5XX + D_OTHER + D_429)) 0
+    expect_true "$victim_name answered requests before the kill" $((before_victim > 0 ? 0 : 1)) "it answered none"
+    expect_true "requests were answered after the kill" $((after_total > 0 ? 0 : 1)) "none were"
+    if ((!LOAD_ENDED)); then
+        expect_true "$victim_name taken out of rotation (/ready healthy_backends dropped)" \
+            "$([[ -n $down_ms ]] && echo 0 || echo 1)" "still counted healthy 10 s after the kill"
+    fi
+    if ((COMPOSE)); then
+        compose_restore_victim || warn "could not start $FAILOVER_SERVICE again"
+        compose_wait_ready "${#BACKEND_LABELS[@]}"
+    fi
+}
+
+# slow_in_flight CURL_PID: the proxy has a request in flight (or the curl already ended).
+slow_in_flight() {
+    local n
+    alive "$1" || return 0
+    n=$(inflight "$ADMIN_URL")
+    [[ -n $n ]] && ((n >= 1))
+}
+
+# refused: a new request gets no HTTP answer at all (connection refused or closed).
+refused() {
+    [[ $(http_code "$PROXY_URL/" --max-time 1) == 000 ]]
+}
+
+PROXY_STOPPED=0
+compose_restore_proxy() {
+    ((PROXY_STOPPED)) || return 0
+    note "starting the proxy container again (docker compose start proxy)"
+    compose_do start proxy && PROXY_STOPPED=0
+}
+
+container_running() {
+    [[ $(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null) == true ]]
+}
+
+container_stopped() { ! container_running "$1"; }
+
+scenario_graceful() {
+    local grace timeout delay=$GRACEFUL_DELAY_MS budget slow_pid t0 refused_ms="" cid=""
+    local exit_rc exit_ms code time_total upstream slow_start ended
+    if ((COMPOSE)); then
+        grace=$(toml_int config/docker.toml grace_period_seconds)
+        timeout=$(toml_int config/docker.toml graceful_shutdown_timeout_seconds)
+        [[ -n $grace && -n $timeout ]] || die "cannot read the drain settings from config/docker.toml"
+    else
+        grace=$GRACEFUL_GRACE_SECONDS
+        timeout=$GRACEFUL_TIMEOUT_SECONDS
+    fi
+    budget=$(((grace + timeout) * 1000 + DRAIN_SLACK_MS))
+    stack_up exempt "$grace" "$timeout"
+    scenario_title "SIGTERM while /delay/$delay is in flight; drain = grace ${grace}s + timeout ${timeout}s"
+    show_backends
+    if ((COMPOSE)); then
+        cid=$(compose ps -q proxy 2>/dev/null) || true
+        [[ -n $cid ]] || die "no proxy container (docker compose ps -q proxy)"
+    fi
+
+    slow_start=$(now_ms)
+    spawn "$WORK_DIR/slow.out" curl -sS -o "$WORK_DIR/slow.body" -D "$WORK_DIR/slow.headers" \
+        --stderr "$WORK_DIR/slow.err" -w '%{http_code} %{time_total}\n' --max-time 60 "$PROXY_URL/delay/$delay"
+    slow_pid=$SPAWNED_PID
+    poll 5000 0.02 slow_in_flight "$slow_pid" || die "the slow request never showed up in gateway_inflight_requests"
+    alive "$slow_pid" || die "the slow request ended before SIGTERM could be sent: $(cat "$WORK_DIR/slow.out")"
+
+    t0=$(now_ms)
+    if ((COMPOSE)); then
+        PROXY_STOPPED=1
+        CLEANUP_HOOKS+=(compose_restore_proxy)
+        compose_do kill -s SIGTERM proxy || die "could not send SIGTERM to the proxy container"
+    else
+        kill -TERM "$PROXY_PID"
+    fi
+    say "SIGTERM sent to the proxy with the slow request in flight"
+    if poll 2000 0.05 refused; then
+        refused_ms=$(($(now_ms) - t0))
+    fi
+
+    if ((COMPOSE)); then
+        poll $((budget + 10000)) 0.1 container_stopped "$cid" || true
+        exit_ms=$(($(now_ms) - t0))
+        if container_running "$cid"; then
+            exit_rc=running
+        else
+            exit_rc=$(docker inspect -f '{{.State.ExitCode}}' "$cid" 2>/dev/null || echo unknown)
+        fi
+    else
+        wait_exit "$PROXY_PID" $((budget + 10000))
+        exit_ms=$(($(now_ms) - t0))
+        exit_rc=$EXIT_RC
+        ((EXIT_RC == 124)) && exit_rc=running
+    fi
+
+    wait_exit "$slow_pid" 65000
+    read -r code time_total <"$WORK_DIR/slow.out" || true
+    code=${code:-000}
+    upstream=$(tr -d '\r' <"$WORK_DIR/slow.headers" 2>/dev/null |
+        awk 'tolower(substr($0, 1, 11)) == "x-upstream:" { sub(/^[^:]*:[ \t]*/, ""); print; exit }')
+
+    # The table from the client's view (the proxy's /metrics are gone with it).
+    D_2XX=0 D_429=0 D_5XX=0 D_OTHER=0 D_NONE=0 D_BACKEND=()
+    local failed=0 i
+    case $code in
+    2??) D_2XX=1 ;;
+    429) D_429=1 ;;
+    5??) D_5XX=1 ;;
+    000) failed=1 ;;
+    *) D_OTHER=1 ;;
+    esac
+    for i in "${!BACKEND_LABELS[@]}"; do
+        D_BACKEND+=("$([[ ${BACKEND_LABELS[i]} == "$upstream" ]] && echo 1 || echo 0)")
+    done
+    [[ -z $upstream && $failed == 0 ]] && D_NONE=1
+    table_header
+    table_row "/delay/$delay" 1 "$failed" -
+    # When it ended, counted from SIGTERM (curl's own duration, from just before its start).
+    ended=$(awk -v t="${time_total:-0}" -v s="$slow_start" -v k="$t0" 'BEGIN { printf "%d", s + t * 1000 - k }')
+    say "slow request: status $code after ${time_total:-?}s, $(secs "$((ended < 0 ? 0 : ended))")s after SIGTERM${upstream:+, X-Upstream $upstream ($(backend_name "$upstream"))}$([[ -s $WORK_DIR/slow.err ]] && printf '; %s' "$(tr '\n' ' ' <"$WORK_DIR/slow.err")")"
+    say "proxy: exit status $exit_rc $(secs "$exit_ms")s after SIGTERM (allowed: ${grace}s + ${timeout}s + $(secs "$DRAIN_SLACK_MS")s)"
+    if [[ -n $refused_ms ]]; then
+        say "new connections refused $(secs "$refused_ms")s after SIGTERM"
+    fi
+
+    expect_eq "in-flight request status" "$code" 200
+    expect_true "new connections refused after SIGTERM" "$([[ -n $refused_ms ]] && echo 0 || echo 1)" "still answered 2 s after SIGTERM"
+    expect_eq "proxy exit status" "$exit_rc" 0
+    expect_true "proxy exited within its drain time ($(secs "$budget")s)" $((exit_ms <= budget ? 0 : 1)) "took $(secs "$exit_ms")s"
+    if ((COMPOSE)); then
+        compose_restore_proxy || warn "could not start the proxy container again"
+        compose_wait_ready "${#BACKEND_LABELS[@]}"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+# preflight: what every scenario needs: the binaries, or a reachable compose stack.
+preflight() {
+    if ((COMPOSE)); then
+        PROXY_URL=$COMPOSE_PROXY_URL
+        ADMIN_URL=$COMPOSE_ADMIN_URL
+        local hostport=${PROXY_URL#*://} cid
+        hostport=${hostport%%/*}
+        PROXY_HOST=${hostport%:*}
+        PROXY_PORT=${hostport##*:}
+        compose_labels
+        docker info >/dev/null 2>&1 ||
+            die "cannot reach the Docker engine ('docker info' failed); start it, then the stack: docker compose up -d --build"
+        cid=$(compose ps -q proxy 2>/dev/null) || true
+        if [[ -z $cid ]] || ! container_running "$cid"; then
+            die "the compose proxy is not running; start the stack with: docker compose up -d --build"
+        fi
+        curl -fsS -o /dev/null --max-time 5 "$ADMIN_URL/health" 2>/dev/null ||
+            die "the compose proxy does not answer at $ADMIN_URL/health (docker compose ps; docker compose logs proxy)"
+    else
+        ensure_binaries
+    fi
+}
+
+# run_all: each scenario in its own process, so each gets its own processes, cleanup and exit
+# status; a summary with the time each took.
+run_all() {
+    local flags=() results=() failed=0 all_start s start rc elapsed
+    ((COMPOSE)) && flags+=(--compose)
+    all_start=$(now_ms)
+    for s in "${SCENARIOS[@]}"; do
+        start=$(now_ms)
+        rc=0
+        "$BASH" "$LOADTEST_DIR/run_ab.sh" "$s" ${flags[@]+"${flags[@]}"} || rc=$?
+        elapsed=$(($(now_ms) - start))
+        if ((rc == 0)); then
+            results+=("$(printf '%-10s PASS  %7ss' "$s" "$(secs "$elapsed")")")
+        else
+            results+=("$(printf '%-10s FAIL  %7ss  (exit %s)' "$s" "$(secs "$elapsed")" "$rc")")
+            failed=$((failed + 1))
+        fi
+        say ""
+    done
+    say "== all$( ((COMPOSE)) && printf ' (compose)') =="
+    printf '%s\n' "${results[@]}"
+    say "total $(secs $(($(now_ms) - all_start)))s"
+    if ((failed)); then
+        say "RESULT all: FAIL ($failed of ${#SCENARIOS[@]} scenarios failed)"
+        return 1
+    fi
+    say "RESULT all: PASS"
+}
+
+if [[ $SCENARIO == all ]]; then
+    preflight
+    run_all || exit 1
+    exit 0
+fi
+
+install_cleanup
+WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/run_ab.$SCENARIO.XXXXXX")
+preflight
+scenario_start=$(now_ms)
+"scenario_$SCENARIO"
+say "($(secs $(($(now_ms) - scenario_start)))s)"
+verdict "$SCENARIO" || exit 1
