@@ -183,6 +183,15 @@ impl Metrics {
         m
     }
 
+    /// Handles of a configured backend, if discovery has seen it.
+    pub fn known_backend(&self, label: &str) -> Option<Arc<BackendMetrics>> {
+        self.backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+            .cloned()
+    }
+
     /// Handles for requests no backend answered.
     pub fn no_backend(&self) -> &Arc<BackendMetrics> {
         &self.none

@@ -20,7 +20,7 @@ use crate::lifecycle::{DrainWatcher, SharedLogGuards};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::Live;
-use crate::upstream::{build_balancer, ConfiguredBackends};
+use crate::upstream::{build_balancer, ConfiguredBackends, SystemResolver};
 
 /// Pingora's own bound on attempts per request; ours (`upstream.max_retries`, at most 15)
 /// decides below it, so reloads can change it.
@@ -75,7 +75,11 @@ pub fn build(
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
-    let backends = ConfiguredBackends::new(settings.upstream.backends.clone(), metrics.clone());
+    let backends = ConfiguredBackends::new(
+        settings.upstream.backends.clone(),
+        metrics.clone(),
+        Box::new(SystemResolver),
+    );
     let balancer = background_service(
         "upstream health and discovery",
         build_balancer(backends.clone(), &settings.upstream.health_check),

@@ -35,23 +35,46 @@ pub fn info(backend: &Backend) -> Option<&Arc<BackendInfo>> {
     backend.ext.get::<Arc<BackendInfo>>()
 }
 
+/// Name resolution for backends given by host name; a trait so tests can change the answers.
+#[async_trait]
+pub trait Resolve: Send + Sync {
+    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>>;
+}
+
+/// The system resolver (getaddrinfo on tokio's blocking pool).
+pub struct SystemResolver;
+
+#[async_trait]
+impl Resolve for SystemResolver {
+    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+}
+
 /// Discovery over the configured list, swapped in by reload.
 pub struct ConfiguredBackends {
     list: ArcSwap<Vec<BackendAddr>>,
     metrics: Arc<Metrics>,
-    /// Last good resolution per host name, kept when a lookup fails so a DNS hiccup drops nothing.
+    resolver: Box<dyn Resolve>,
+    /// Current addresses per label; for host names the last good answer, kept when a lookup
+    /// fails so a DNS hiccup drops nothing.
     resolved: Mutex<HashMap<String, Vec<SocketAddr>>>,
-    /// Labels seen in the last round, to drop metrics of removed backends.
-    labels: Mutex<HashSet<String>>,
+    /// Addresses the health check found down, per label.
+    down: Mutex<HashMap<String, HashSet<SocketAddr>>>,
 }
 
 impl ConfiguredBackends {
-    pub fn new(list: Vec<BackendAddr>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        list: Vec<BackendAddr>,
+        metrics: Arc<Metrics>,
+        resolver: Box<dyn Resolve>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             list: ArcSwap::from_pointee(list),
             metrics,
+            resolver,
             resolved: Mutex::new(HashMap::new()),
-            labels: Mutex::new(HashSet::new()),
+            down: Mutex::new(HashMap::new()),
         })
     }
 
@@ -64,27 +87,98 @@ impl ConfiguredBackends {
         if let Ok(ip) = backend.host.parse::<std::net::IpAddr>() {
             return vec![SocketAddr::new(ip, backend.port)];
         }
-        let key = backend.label();
-        match tokio::net::lookup_host((backend.host.as_str(), backend.port)).await {
-            Ok(addrs) => {
-                let mut addrs: Vec<SocketAddr> = addrs.collect();
+        let label = backend.label();
+        match self.resolver.lookup(&backend.host, backend.port).await {
+            Ok(mut addrs) if !addrs.is_empty() => {
                 addrs.sort();
                 addrs.dedup();
-                let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.get(&key) != Some(&addrs) {
-                    tracing::info!(backend = %key, addresses = ?addrs, "backend resolved");
+                let known = lock(&self.resolved).get(&label).cloned();
+                if known.as_ref() != Some(&addrs) {
+                    tracing::info!(backend = %label, addresses = ?addrs, "backend resolved");
                 }
-                cache.insert(key, addrs.clone());
                 addrs
             }
-            Err(e) => {
-                let cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-                let last = cache.get(&key).cloned().unwrap_or_default();
-                tracing::warn!(backend = %key, error = %e, kept = ?last, "backend name did not resolve");
+            Ok(_) | Err(_) => {
+                let last = lock(&self.resolved)
+                    .get(&label)
+                    .cloned()
+                    .unwrap_or_default();
+                tracing::warn!(backend = %label, kept = ?last, "backend name did not resolve; keeping the last answer");
                 last
             }
         }
     }
+
+    /// Records a health change of one address and returns whether its backend (any of the
+    /// addresses its name resolves to) is up.
+    fn record_health(&self, label: &str, addr: SocketAddr, healthy: bool) -> bool {
+        let mut down = lock(&self.down);
+        let set = down.entry(label.to_owned()).or_default();
+        if healthy {
+            set.remove(&addr);
+        } else {
+            set.insert(addr);
+        }
+        let resolved = lock(&self.resolved);
+        let addrs = resolved.get(label).map_or(&[][..], |v| v.as_slice());
+        addrs.is_empty() || addrs.iter().any(|a| !set.contains(a))
+    }
+
+    /// One discovery round: every configured backend with its current addresses.
+    async fn discover_backends(&self) -> BTreeSet<Backend> {
+        let list = self.list.load_full();
+        let mut set = BTreeSet::new();
+        let mut current: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        for configured in list.iter() {
+            let label = configured.label();
+            let addrs = self.resolve(configured).await;
+            let info = Arc::new(BackendInfo {
+                header_value: HeaderValue::from_str(&label)
+                    .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+                label: Arc::from(label.as_str()),
+                metrics: self.metrics.backend(&label),
+            });
+            for addr in &addrs {
+                let mut backend = Backend {
+                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(*addr),
+                    weight: 1,
+                    ext: Default::default(),
+                };
+                backend.ext.insert(info.clone());
+                set.insert(backend);
+            }
+            current.insert(label, addrs);
+        }
+        self.settle_membership(current);
+        set
+    }
+
+    /// Forgets what belonged to removed backends or to addresses a name no longer resolves to
+    /// (new addresses start healthy, as Pingora starts them).
+    fn settle_membership(&self, current: HashMap<String, Vec<SocketAddr>>) {
+        let mut resolved = lock(&self.resolved);
+        let mut down = lock(&self.down);
+        for gone in resolved.keys().filter(|l| !current.contains_key(*l)) {
+            self.metrics.forget_backend(gone);
+        }
+        down.retain(|label, set| {
+            let Some(addrs) = current.get(label) else {
+                return false;
+            };
+            set.retain(|a| addrs.contains(a));
+            if let Some(m) = self.metrics.known_backend(label) {
+                let up = addrs.is_empty() || addrs.iter().any(|a| !set.contains(a));
+                m.up.set(i64::from(up));
+            }
+            true
+        });
+        *resolved = current;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps hold plain data; a panic elsewhere mid-update leaves nothing inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Discovery handle given to Pingora (which wants a `Box`), sharing the list with reload.
@@ -93,47 +187,21 @@ pub struct Discovery(pub Arc<ConfiguredBackends>);
 #[async_trait]
 impl ServiceDiscovery for Discovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let me = &self.0;
-        let list = me.list.load_full();
-        let mut set = BTreeSet::new();
-        let mut labels = HashSet::new();
-        for configured in list.iter() {
-            let label = configured.label();
-            let metrics = me.metrics.backend(&label);
-            let info = Arc::new(BackendInfo {
-                header_value: HeaderValue::from_str(&label)
-                    .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-                label: Arc::from(label.as_str()),
-                metrics,
-            });
-            for addr in me.resolve(configured).await {
-                let mut backend = Backend {
-                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
-                    weight: 1,
-                    ext: Default::default(),
-                };
-                backend.ext.insert(info.clone());
-                set.insert(backend);
-            }
-            labels.insert(label);
-        }
-        let mut previous = me.labels.lock().unwrap_or_else(|p| p.into_inner());
-        for gone in previous.difference(&labels) {
-            me.metrics.forget_backend(gone);
-        }
-        *previous = labels;
-        Ok((set, HashMap::new()))
+        Ok((self.0.discover_backends().await, HashMap::new()))
     }
 }
 
 /// Logs health changes once per change and drives `gateway_backend_up`.
-struct HealthObserver;
+struct HealthObserver(Arc<ConfiguredBackends>);
 
 #[async_trait]
 impl HealthObserve for HealthObserver {
     async fn observe(&self, target: &Backend, healthy: bool) {
-        let Some(info) = info(target) else { return };
-        info.metrics.up.set(i64::from(healthy));
+        let (Some(info), Some(addr)) = (info(target), target.addr.as_inet()) else {
+            return;
+        };
+        let up = self.0.record_health(&info.label, *addr, healthy);
+        info.metrics.up.set(i64::from(up));
         if healthy {
             tracing::info!(backend = %info.label, address = %target.addr, "backend is healthy again");
         } else {
@@ -147,16 +215,20 @@ pub fn build_balancer(
     backends: Arc<ConfiguredBackends>,
     health: &HealthCheckSettings,
 ) -> LoadBalancer<RoundRobin> {
+    let observer = HealthObserver(backends.clone());
     let mut lb =
         LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(Discovery(backends))));
-    lb.set_health_check(health_check(health));
+    lb.set_health_check(health_check(health, observer));
     lb.health_check_frequency = Some(health.interval);
     lb.update_frequency = Some(DISCOVERY_INTERVAL);
     lb.parallel_health_check = true;
     lb
 }
 
-fn health_check(settings: &HealthCheckSettings) -> Box<dyn HealthCheck + Send + Sync + 'static> {
+fn health_check(
+    settings: &HealthCheckSettings,
+    observer: HealthObserver,
+) -> Box<dyn HealthCheck + Send + Sync + 'static> {
     let mut hc = HttpHealthCheck::new("gateway-health-check", false);
     if let Ok(uri) = settings.path.parse() {
         hc.req.set_uri(uri);
@@ -167,6 +239,103 @@ fn health_check(settings: &HealthCheckSettings) -> Box<dyn HealthCheck + Send + 
     peer.options.idle_timeout = Some(settings.interval * 3);
     hc.peer_template = peer;
     hc.reuse_connection = true;
-    hc.health_changed_callback = Some(Box::new(HealthObserver));
+    hc.health_changed_callback = Some(Box::new(observer));
     Box::new(hc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers from a script: one entry per lookup, the last one repeated.
+    struct ScriptedResolver {
+        answers: Vec<Option<Vec<SocketAddr>>>,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Resolve for ScriptedResolver {
+        async fn lookup(&self, _host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            let i = self
+                .calls
+                .fetch_add(1, Ordering::Relaxed)
+                .min(self.answers.len() - 1);
+            self.answers[i]
+                .clone()
+                .ok_or_else(|| std::io::Error::other("no such host"))
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn named(host: &str) -> BackendAddr {
+        BackendAddr {
+            host: host.into(),
+            port: 9000,
+        }
+    }
+
+    fn setup(answers: Vec<Option<Vec<SocketAddr>>>) -> (Arc<ConfiguredBackends>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let resolver = ScriptedResolver {
+            answers,
+            calls: AtomicUsize::new(0),
+        };
+        let b =
+            ConfiguredBackends::new(vec![named("backend1")], metrics.clone(), Box::new(resolver));
+        (b, metrics)
+    }
+
+    async fn addresses(b: &ConfiguredBackends) -> Vec<String> {
+        b.discover_backends()
+            .await
+            .iter()
+            .map(|x| x.addr.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn host_names_are_re_resolved_and_kept_on_failure() {
+        let (b, _) = setup(vec![
+            Some(vec![addr("10.0.0.1:9000")]),
+            Some(vec![addr("10.0.0.2:9000")]), // the container came back with a new IP
+            None,                              // DNS hiccup
+        ]);
+        assert_eq!(addresses(&b).await, ["10.0.0.1:9000"]);
+        assert_eq!(addresses(&b).await, ["10.0.0.2:9000"]);
+        assert_eq!(addresses(&b).await, ["10.0.0.2:9000"], "last answer kept");
+    }
+
+    #[tokio::test]
+    async fn backend_is_up_while_any_of_its_addresses_is() {
+        let (b, metrics) = setup(vec![Some(vec![
+            addr("10.0.0.1:9000"),
+            addr("10.0.0.2:9000"),
+        ])]);
+        assert_eq!(addresses(&b).await.len(), 2);
+        let label = "backend1:9000";
+        assert!(b.record_health(label, addr("10.0.0.1:9000"), false));
+        assert!(!b.record_health(label, addr("10.0.0.2:9000"), false));
+        assert!(b.record_health(label, addr("10.0.0.1:9000"), true));
+        // A re-resolution that drops the down address leaves the backend up.
+        b.record_health(label, addr("10.0.0.1:9000"), false);
+        b.settle_membership(HashMap::from([(
+            label.to_owned(),
+            vec![addr("10.0.0.1:9000"), addr("10.0.0.3:9000")],
+        )]));
+        assert_eq!(metrics.known_backend(label).unwrap().up.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn removed_backends_lose_their_up_series() {
+        let (b, metrics) = setup(vec![Some(vec![addr("10.0.0.1:9000")])]);
+        addresses(&b).await;
+        assert!(metrics.known_backend("backend1:9000").is_some());
+        b.replace(vec![]);
+        addresses(&b).await;
+        assert!(metrics.known_backend("backend1:9000").is_none());
+    }
 }
