@@ -85,13 +85,16 @@ impl ProxyHttp for Bare {
         else {
             return Ok(());
         };
-        // As nginx's $proxy_add_x_forwarded_for: the previous value, then the peer.
-        let value = match upstream_request.headers.get(&X_FORWARDED_FOR) {
-            Some(prev) if !prev.is_empty() => {
-                format!("{}, {peer}", String::from_utf8_lossy(prev.as_bytes()))
+        // As nginx's $proxy_add_x_forwarded_for: every previous line joined, then the peer.
+        let mut value = String::new();
+        for prev in upstream_request.headers.get_all(&X_FORWARDED_FOR) {
+            if prev.is_empty() {
+                continue;
             }
-            _ => peer.to_string(),
-        };
+            value.push_str(&String::from_utf8_lossy(prev.as_bytes()));
+            value.push_str(", ");
+        }
+        value.push_str(&peer.to_string());
         upstream_request.insert_header(X_FORWARDED_FOR, value)?;
         Ok(())
     }
