@@ -1,32 +1,73 @@
-//! The access log: one JSON object per line, through the logging writers (stdout and
-//! `log.file`). Only built when `log.access_log` is on.
+//! The access log: one JSON object per line, serialized once per request from borrowed fields
+//! and handed to the non-blocking writers (stdout and `log.file`). Nothing is built when
+//! `log.access_log` is off.
 
+use std::io::Write;
 use std::time::Duration;
 
 use pingora::proxy::Session;
+use serde::Serialize;
+use tracing_appender::non_blocking::NonBlocking;
 
 use crate::context::RequestCtx;
 
-/// tracing target of access log events; the log setup routes it to its own plain formatter.
-pub const TARGET: &str = "access";
+/// Where access log lines go; fixed at start (the log file cannot change on reload).
+pub struct AccessLog {
+    sinks: Vec<NonBlocking>,
+}
 
-/// Writes the access log line of a finished request.
-pub fn write(session: &Session, ctx: &RequestCtx, status: &str, elapsed: Duration) {
-    let req = session.req_header();
-    let line = serde_json::json!({
-        "time": humantime_now(),
-        "request_id": ctx.request_id(),
-        "client_ip": ctx.client.or(ctx.peer).map(|ip| ip.to_string()),
-        "method": req.method.as_str(),
-        "path": req.uri.path_and_query().map_or("/", |p| p.as_str()),
-        "status": status.parse::<u16>().unwrap_or(0),
-        "backend": ctx.backend.as_ref().filter(|_| ctx.upstream_time.is_some()).map(|b| &*b.label),
-        "attempts": ctx.attempts,
-        "duration_ms": ms(elapsed),
-        "upstream_ms": ctx.upstream_time.map(ms),
-        "bytes_sent": session.as_ref().body_bytes_sent(),
-    });
-    tracing::info!(target: TARGET, "{line}");
+#[derive(Serialize)]
+struct Line<'a> {
+    time: &'a str,
+    request_id: &'a str,
+    client_ip: Option<std::net::IpAddr>,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    backend: Option<&'a str>,
+    attempts: usize,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    bytes_sent: usize,
+}
+
+impl AccessLog {
+    pub fn new(sinks: Vec<NonBlocking>) -> Self {
+        Self { sinks }
+    }
+
+    /// Writes the line of a finished request.
+    pub fn write(&self, session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration) {
+        let req = session.req_header();
+        let time = rfc3339_now();
+        let line = Line {
+            time: &time,
+            request_id: ctx.request_id(),
+            client_ip: ctx.client.or(ctx.peer),
+            method: req.method.as_str(),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            status,
+            backend: ctx
+                .backend
+                .as_ref()
+                .filter(|_| ctx.upstream_time.is_some())
+                .map(|b| &*b.label),
+            attempts: ctx.attempts,
+            duration_ms: ms(elapsed),
+            upstream_ms: ctx.upstream_time.map(ms),
+            bytes_sent: session.as_ref().body_bytes_sent(),
+        };
+        let mut buf = Vec::with_capacity(320);
+        if serde_json::to_writer(&mut buf, &line).is_err() {
+            return;
+        }
+        buf.push(b'\n');
+        for sink in &self.sinks {
+            // Non-blocking: a full queue drops the line (counted by tracing-appender), never
+            // stalls a request.
+            let _ = sink.clone().write_all(&buf);
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -34,7 +75,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// RFC 3339 UTC time with milliseconds, without pulling in a date crate.
-fn humantime_now() -> String {
+fn rfc3339_now() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -61,7 +102,7 @@ fn humantime_now() -> String {
 mod tests {
     #[test]
     fn time_is_rfc3339() {
-        let t = super::humantime_now();
+        let t = super::rfc3339_now();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }

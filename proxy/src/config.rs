@@ -271,8 +271,15 @@ pub struct RateLimitSettings {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HeaderSettings {
-    pub request: Vec<(HeaderName, HeaderValue)>,
-    pub response: Vec<(HeaderName, HeaderValue)>,
+    pub request: Vec<ConfiguredHeader>,
+    pub response: Vec<ConfiguredHeader>,
+}
+
+/// A header from `[headers.*]`: the name as written (sent with that spelling), and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfiguredHeader {
+    pub name: bytes::Bytes,
+    pub value: HeaderValue,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -493,11 +500,11 @@ fn validate_log(l: FileLog) -> Result<LogSettings, Invalid> {
 fn validate_headers(
     key: &str,
     headers: BTreeMap<String, String>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, Invalid> {
+) -> Result<Vec<ConfiguredHeader>, Invalid> {
     headers
         .into_iter()
         .map(|(name, value)| {
-            let header = HeaderName::from_bytes(name.as_bytes())
+            HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(key, format!("\"{name}\" is not a valid header name")))?;
             let value = HeaderValue::from_str(&value).map_err(|_| {
                 invalid(
@@ -505,7 +512,10 @@ fn validate_headers(
                     format!("the value of \"{name}\" is not a valid header value"),
                 )
             })?;
-            Ok((header, value))
+            Ok(ConfiguredHeader {
+                name: bytes::Bytes::from(name),
+                value,
+            })
         })
         .collect()
 }

@@ -16,7 +16,7 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyWarnLogContext, Session};
 use pingora_limits::inflight::Inflight;
 
-use crate::access_log;
+use crate::access_log::AccessLog;
 use crate::client_ip::{client_ip, in_any};
 use crate::context::{InflightGuard, RequestCtx};
 use crate::headers::{self, X_FORWARDED_FOR};
@@ -37,15 +37,22 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Concurrent requests per client (approximate; only consulted when a cap is set).
     pub client_inflight: Inflight,
+    pub access_log: AccessLog,
 }
 
 impl Gateway {
-    pub fn new(live: LiveState, lb: Arc<LoadBalancer<RoundRobin>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        live: LiveState,
+        lb: Arc<LoadBalancer<RoundRobin>>,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+    ) -> Self {
         Self {
             live,
             lb,
             metrics,
             client_inflight: Inflight::new(),
+            access_log,
         }
     }
 
@@ -253,7 +260,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(b) = &ctx.backend {
-            upstream_response.insert_header(headers::X_UPSTREAM, b.header_value.clone())?;
+            upstream_response.insert_header(headers::UPSTREAM, b.header_value.clone())?;
         }
         headers::add_downstream_headers(upstream_response, ctx)
     }
@@ -362,7 +369,8 @@ impl ProxyHttp for Gateway {
             backend_metrics.upstream_response.observe(t.as_secs_f64());
         }
         if ctx.live.settings.log.access_log {
-            access_log::write(session, ctx, status_label, elapsed);
+            let code = status.as_ref().map_or(499, |s| s.as_u16());
+            self.access_log.write(session, ctx, code, elapsed);
         }
         ctx.client_inflight = None;
     }

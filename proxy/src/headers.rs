@@ -8,16 +8,23 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use crate::context::RequestCtx;
 use crate::rate_limit::Decision;
 
+// Names to look headers up by.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const X_UPSTREAM: HeaderName = HeaderName::from_static("x-upstream");
 pub const VIA: HeaderName = HeaderName::from_static("via");
-pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-pub const RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
+
+// Names to write, as static title-case strings: Pingora keeps them as the wire spelling without
+// copying them (a `HeaderName` it would first copy into a title-case buffer).
+const REQUEST_ID: &str = "X-Request-Id";
+const FORWARDED_FOR: &str = "X-Forwarded-For";
+const FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+const FORWARDED_HOST: &str = "X-Forwarded-Host";
+pub const UPSTREAM: &str = "X-Upstream";
+const VIA_NAME: &str = "Via";
+const RATELIMIT_LIMIT: &str = "RateLimit-Limit";
+const RATELIMIT_REMAINING: &str = "RateLimit-Remaining";
+const RATELIMIT_RESET: &str = "RateLimit-Reset";
+const RETRY_AFTER: &str = "Retry-After";
 
 /// Our hop in `Via`.
 pub const VIA_VALUE: &str = "1.1 pingora-gateway";
@@ -44,20 +51,20 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
             Some(prev) if !prev.is_empty() => format!("{prev}, {peer}"),
             _ => peer,
         };
-        req.insert_header(X_FORWARDED_FOR, joined)?;
+        req.insert_header(FORWARDED_FOR, joined)?;
     }
-    req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+    req.insert_header(FORWARDED_PROTO, HeaderValue::from_static("http"))?;
     let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
         req.uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     if let Some(host) = host {
-        req.insert_header(X_FORWARDED_HOST, host)?;
+        req.insert_header(FORWARDED_HOST, host)?;
     }
-    req.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-    for (name, value) in &ctx.live.settings.headers.request {
-        req.insert_header(name.clone(), value.clone())?;
+    req.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+    for h in &ctx.live.settings.headers.request {
+        req.insert_header(h.name.clone(), h.value.clone())?;
     }
     Ok(())
 }
@@ -76,19 +83,19 @@ pub fn joined_values(req: &RequestHeader, name: &HeaderName) -> Option<String> {
 
 /// `X-Request-Id`, `Via`, rate-limit and `[headers.response]` headers on anything we send.
 pub fn add_downstream_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-    let via = match resp.headers.get(&VIA) {
+    resp.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+    match resp.headers.get(&VIA) {
         Some(prev) if !prev.is_empty() => {
-            format!("{}, {VIA_VALUE}", String::from_utf8_lossy(prev.as_bytes()))
+            let via = format!("{}, {VIA_VALUE}", String::from_utf8_lossy(prev.as_bytes()));
+            resp.insert_header(VIA_NAME, via)?;
         }
-        _ => VIA_VALUE.to_owned(),
-    };
-    resp.insert_header(VIA, via)?;
+        _ => resp.insert_header(VIA_NAME, HeaderValue::from_static(VIA_VALUE))?,
+    }
     if let Some(decision) = &ctx.rate {
         add_rate_limit_headers(resp, decision, &ctx.live.limit_header)?;
     }
-    for (name, value) in &ctx.live.settings.headers.response {
-        resp.insert_header(name.clone(), value.clone())?;
+    for h in &ctx.live.settings.headers.response {
+        resp.insert_header(h.name.clone(), h.value.clone())?;
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ fn main() {
         println!("{}: configuration OK", cli.config.display());
         return;
     }
-    let guards = match logging::init(&settings.log) {
+    let (guards, access_log) = match logging::init(&settings.log) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("proxy: cannot set up logging: {e}");
@@ -58,6 +58,7 @@ fn main() {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
         log_guards: guards.clone(),
+        access_log,
     };
     let server = match server::build(settings, &cli.config, run) {
         Ok(s) => s,

@@ -13,6 +13,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
+use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::config::Settings;
 use crate::gateway::Gateway;
@@ -32,6 +33,7 @@ pub struct RunOptions {
     pub daemon: bool,
     /// Flushed by the drain watcher when it ends the process early.
     pub log_guards: SharedLogGuards,
+    pub access_log: AccessLog,
 }
 
 /// The whole time in-flight requests get after SIGTERM.
@@ -90,7 +92,7 @@ pub fn build(
     let live = Arc::new(ArcSwap::from_pointee(Live::new(settings.clone(), None)));
     let draining = Arc::new(AtomicBool::new(false));
 
-    let gateway = Gateway::new(live.clone(), lb.clone(), metrics.clone());
+    let gateway = Gateway::new(live.clone(), lb.clone(), metrics.clone(), run.access_log);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     for addr in &settings.server.listen {
