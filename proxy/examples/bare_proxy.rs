@@ -2,8 +2,9 @@
 //!
 //! It does only what every proxy in the benchmark does: round robin over the backends given on
 //! the command line (Pingora's `LoadBalancer<RoundRobin>`, as the gateway uses), upstream
-//! keepalive (Pingora's connection pool) and `X-Forwarded-For`. No health checks, rate limiting,
-//! metrics, logging or other headers, so the difference to the gateway is what those cost.
+//! keepalive (Pingora's connection pool) and `X-Forwarded-For`, with the gateway's allocator
+//! (mimalloc). No health checks, rate limiting, metrics, logging or other headers, so the
+//! difference to the gateway is what those cost.
 //!
 //! ```text
 //! cargo build --release --example bare_proxy
@@ -21,6 +22,10 @@ use http::header::HeaderName;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::prelude::*;
+
+/// The same allocator as the gateway, so the comparison measures proxy work, not malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 

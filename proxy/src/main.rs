@@ -26,6 +26,11 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use pingora::server::RunArgs;
 
+/// mimalloc: markedly fewer instructions per allocation than glibc's malloc on the request path
+/// (Pingora allocates per header); see README "Performance".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = cli::Cli::parse();
     let settings = match config::load_config(&cli.config) {
