@@ -22,7 +22,7 @@ use crate::context::{InflightGuard, RequestCtx};
 use crate::headers::{self, X_FORWARDED_FOR};
 use crate::metrics::{method_label, Metrics};
 use crate::panic_guard;
-use crate::rate_limit::ClientKey;
+use crate::rate_limit::{ClientKey, Decision};
 use crate::responses::{classify, write_error};
 use crate::state::LiveState;
 use crate::upstream::{self, BackendInfo};
@@ -138,6 +138,14 @@ impl Gateway {
             let (guard, count) = self.client_inflight.incr(key, 1);
             ctx.client_inflight = Some(guard);
             if count > rl.max_inflight_per_client as isize {
+                // Refused requests use no budget; a slot frees up when one finishes.
+                limiter.refund(key);
+                ctx.rate = Some(Decision {
+                    allowed: false,
+                    remaining: decision.remaining + 1,
+                    retry_after_secs: 1,
+                    ..decision
+                });
                 return self
                     .reject(session, ctx, "too many concurrent requests")
                     .await;

@@ -135,6 +135,15 @@ impl RateLimiter {
         self.check_at(key, now_ms)
     }
 
+    /// Gives back the unit `check` just counted for `key`, for a request refused afterwards for
+    /// another reason (the concurrency cap): refused requests use no budget.
+    pub fn refund(&self, key: ClientKey) {
+        let mut map = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = map.peek_mut(&key) {
+            w.curr = w.curr.saturating_sub(1);
+        }
+    }
+
     /// Clients currently tracked (each costs about 100 bytes).
     pub fn tracked_clients(&self) -> usize {
         self.shards
@@ -344,6 +353,16 @@ mod tests {
                 assert!(!l3.check_at(key(1), sent_at + 10 + ra_ms - 1500).allowed);
             }
         }
+    }
+
+    #[test]
+    fn refund_gives_the_unit_back() {
+        let l = limiter(2, 10);
+        assert!(l.check_at(key(1), 0).allowed);
+        assert!(l.check_at(key(1), 0).allowed);
+        l.refund(key(1));
+        assert!(l.check_at(key(1), 0).allowed);
+        assert!(!l.check_at(key(1), 0).allowed);
     }
 
     #[test]

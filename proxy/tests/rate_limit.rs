@@ -32,6 +32,10 @@ async fn statuses(
     out
 }
 
+async fn statuses_from(proxy: &Proxy, from: Option<IpAddr>, n: usize) -> Vec<u16> {
+    statuses(proxy, from, n, &[]).await
+}
+
 fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|s| **s == status).count()
 }
@@ -212,35 +216,32 @@ async fn max_clients_evicts_the_oldest_idle_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflight_cap_per_client() {
     let a = Backend::start("a");
-    let proxy = Proxy::start(&[&a], "[rate_limit]\nmax_inflight_per_client = 2").await;
+    let proxy = Proxy::start(
+        &[&a],
+        "[rate_limit]\nmax_inflight_per_client = 2\nrequests = 5",
+    )
+    .await;
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let to = proxy.addr;
         tasks.push(tokio::spawn(async move {
-            get_with(to, ip("127.0.0.8"), "/delay/800", &[])
-                .await
-                .status
+            get_with(to, ip("127.0.0.8"), "/delay/800", &[]).await
         }));
     }
     let mut all = Vec::new();
     for t in tasks {
         all.push(t.await.unwrap());
     }
-    all.sort();
-    assert_eq!(all, [200, 200, 429]);
-    // Another client is not affected, and the cap frees up when requests finish.
-    assert_eq!(
-        get_with(proxy.addr, ip("127.0.0.9"), "/x", &[])
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        get_with(proxy.addr, ip("127.0.0.8"), "/x", &[])
-            .await
-            .status,
-        200
-    );
+    all.sort_by_key(|r| r.status);
+    let codes: Vec<u16> = all.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [200, 200, 429]);
+    assert_eq!(all[2].header("retry-after"), Some("1"));
+    assert_eq!(all[2].json()["error"], "rate limited");
+    // The refused request used no budget: 5 - 2 admitted = 3 left, and the cap has freed up.
+    let left = statuses_from(&proxy, ip("127.0.0.8"), 4).await;
+    assert_eq!(left, [200, 200, 200, 429]);
+    // Another client is not affected.
+    assert_eq!(statuses_from(&proxy, ip("127.0.0.9"), 1).await, [200]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
