@@ -96,6 +96,9 @@ pub struct RateLimiter {
     window_ms: u64,
     epoch: Instant,
     shard_bits: u32,
+    /// Clients kept per shard; the shards' capacities add up to at most `max_clients`.
+    per_shard: usize,
+    /// Grown as clients arrive (nothing is allocated for `max_clients` up front).
     shards: Box<[Mutex<LruCache<ClientKey, Window>>]>,
 }
 
@@ -111,16 +114,16 @@ impl RateLimiter {
             shard_count
         }
         .max(1);
-        let per_shard =
-            NonZeroUsize::new(limits.max_clients.get() / shard_count).unwrap_or(NonZeroUsize::MIN);
+        let per_shard = (limits.max_clients.get() / shard_count).max(1);
         let shards = (0..shard_count)
-            .map(|_| Mutex::new(LruCache::new(per_shard)))
+            .map(|_| Mutex::new(LruCache::unbounded()))
             .collect();
         Self {
             limits,
             window_ms: limits.window.as_millis().max(1) as u64,
             epoch: Instant::now(),
             shard_bits: shard_count.trailing_zeros(),
+            per_shard,
             shards,
         }
     }
@@ -173,6 +176,12 @@ impl RateLimiter {
             prev: 0,
             curr: 0,
         };
+        if let Some(window) = map.get_mut(&key) {
+            return decide(window, now_ms, self.limits.requests, self.window_ms);
+        }
+        if map.len() >= self.per_shard {
+            map.pop_lru(); // the client idle the longest
+        }
         let window = map.get_or_insert_mut(key, || fresh);
         decide(window, now_ms, self.limits.requests, self.window_ms)
     }
