@@ -160,8 +160,7 @@ md.append(f"{meta['date']} · git {meta['git']} · {meta['host']} · {meta['cpus
           "requests on one connection. RSS = VmRSS.")
 md.append("")
 md.append(f"At start (one request each): rl-on {start['rl-on']/1024:.1f} MB, rl-off "
-          f"{start['rl-off']/1024:.1f} MB (the limiter's shard tables are allocated for "
-          "max_clients up front).")
+          f"{start['rl-off']/1024:.1f} MB (the limiter's shards grow as clients arrive).")
 md.append("")
 md.append("| distinct clients | rl-on RSS MB | rl-off RSS MB | rl-on growth MB | rl-off growth MB | "
           "limiter MB (on − off growth) | bytes / client | gateway_rate_limit_clients | "

