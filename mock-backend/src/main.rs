@@ -5,7 +5,7 @@
 //! - `/delay/{ms}`    echo, answered after `ms` milliseconds
 //! - `/status/{code}` echo with that status code
 //! - `/bytes/{n}`     `n` bytes of body
-//! - `/stats`         JSON counters: TCP connections accepted, requests served
+//! - `/stats`         JSON counters: TCP connections accepted, requests served, in flight
 //! - anything else    200 echo: `{"backend", "method", "path", "headers"}`
 //!
 //! On SIGTERM or SIGINT it stops accepting, lets in-flight requests finish (bounded), and exits.

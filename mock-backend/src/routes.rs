@@ -22,6 +22,23 @@ pub struct Stats {
     name: String,
     connections: AtomicU64,
     requests: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// Counts a request as in flight until it is answered.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Stats {
@@ -30,6 +47,7 @@ impl Stats {
             name,
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -44,6 +62,7 @@ pub async fn handle(
     stats: Arc<Stats>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight::new(&stats.in_flight);
     let path = req.uri().path().to_owned();
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let first = segments.next().unwrap_or("");
@@ -57,6 +76,8 @@ pub async fn handle(
                 "backend": stats.name,
                 "connections": stats.connections.load(Ordering::Relaxed),
                 "requests": stats.requests.load(Ordering::Relaxed),
+                // Includes the /stats request itself.
+                "in_flight": stats.in_flight.load(Ordering::Relaxed),
             }),
         ),
         ("delay", Some(ms)) => match ms.parse::<u64>() {

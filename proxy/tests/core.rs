@@ -382,3 +382,21 @@ async fn backends_given_by_host_name_resolve() {
     let m = proxy.metrics().await;
     assert_eq!(m.sum("gateway_backend_up", &[("backend", &name)]), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_backend_finishes_in_flight_requests_on_sigterm() {
+    let mut a = Backend::start("a");
+    let addr = a.addr;
+    let slow = tokio::spawn(async move { get(addr, "/delay/700").await });
+    // The slow request is in flight once /stats counts it besides itself.
+    let arrived = wait_until(Duration::from_secs(10), || async {
+        a.stats().await["in_flight"].as_u64() == Some(2)
+    })
+    .await;
+    assert!(arrived);
+    let status = a.terminate().expect("exit status");
+    assert!(status.success(), "{status:?}");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["backend"], "a");
+}
