@@ -140,7 +140,11 @@ async fn reload_adds_a_backend_under_load() {
         m.sum("gateway_config_reloads_total", &[("result", "failure")]),
         0.0
     );
-    assert!(proxy.output().contains("config reloaded"));
+    let logged = wait_until(Duration::from_secs(5), || async {
+        proxy.output().contains("config reloaded")
+    })
+    .await;
+    assert!(logged, "output:\n{}", proxy.output());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
