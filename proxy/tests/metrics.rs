@@ -273,3 +273,30 @@ async fn access_log_off_writes_no_lines() {
     assert!(!proxy.output().contains("quiet-1"));
     assert!(!proxy.log().contains("quiet-1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_overrides_the_configured_level() {
+    let a = Backend::start("a");
+    let mut proxy = Proxy::start(&[&a], "[log]\nlevel = \"warn\"\naccess_log = false").await;
+    let r = get_with(
+        proxy.addr,
+        Some("127.0.0.1".parse().unwrap()),
+        "/quiet",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !proxy.output().contains("DEBUG"),
+        "warn level printed debug lines"
+    );
+
+    // The same config with RUST_LOG=debug: Pingora's and our debug records appear.
+    proxy.restart_with_rust_log("debug").await;
+    assert_eq!(get(proxy.addr, "/loud").await.status, 200);
+    let debug = wait_until(Duration::from_secs(5), || async {
+        proxy.output().contains("DEBUG")
+    })
+    .await;
+    assert!(debug, "output:\n{}", proxy.output());
+}

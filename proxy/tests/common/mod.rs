@@ -277,23 +277,40 @@ impl Proxy {
         proxy
     }
 
+    /// Stops the process and starts it again with `RUST_LOG` set to `filter`.
+    pub async fn restart_with_rust_log(&mut self, filter: &str) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn_env(&[], Some(filter));
+        self.wait_listening(true).await;
+    }
+
     /// Starts the binary with this proxy's config and `extra` arguments.
     pub fn spawn(&mut self, extra: &[&str]) {
+        self.spawn_env(extra, None);
+    }
+
+    fn spawn_env(&mut self, extra: &[&str], rust_log: Option<&str>) {
         let stdout = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.stdout_file)
             .unwrap();
         let stderr = stdout.try_clone().unwrap();
-        let child = Command::new(PROXY_BIN)
+        let mut command = Command::new(PROXY_BIN);
+        command
             .arg("-c")
             .arg(&self.config_path)
             .args(extra)
-            .env_remove("RUST_LOG")
             .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn proxy");
+            .stderr(stderr);
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let child = command.spawn().expect("spawn proxy");
         self.child = Some(child);
     }
 
