@@ -56,6 +56,8 @@ struct FileServer {
     listen: OneOrMany,
     /// Worker threads of the proxy service.
     threads: usize,
+    /// Whether idle worker threads steal tasks from busy ones (Pingora's `work_stealing`).
+    work_stealing: bool,
     /// Seconds to keep serving in-flight requests after SIGTERM before runtimes shut down.
     grace_period_seconds: u64,
     /// Seconds the runtimes get to finish their tasks after the grace period.
@@ -71,6 +73,7 @@ impl Default for FileServer {
         Self {
             listen: OneOrMany::One("127.0.0.1:8080".into()),
             threads: 2,
+            work_stealing: true,
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 5,
             upgrade_sock: "/tmp/proxy-upgrade.sock".into(),
@@ -215,6 +218,7 @@ pub struct Settings {
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
+    pub work_stealing: bool,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
     pub upgrade_sock: String,
@@ -396,6 +400,7 @@ fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
     Ok(ServerSettings {
         listen,
         threads: s.threads,
+        work_stealing: s.work_stealing,
         grace_period_seconds: s.grace_period_seconds,
         graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
         upgrade_sock: s.upgrade_sock,
@@ -608,6 +613,7 @@ mod tests {
         let s = parse_config(MINIMAL, "test.toml").unwrap();
         assert_eq!(s.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
         assert_eq!(s.server.threads, 2);
+        assert!(s.server.work_stealing);
         assert_eq!(s.server.grace_period_seconds, 5);
         assert_eq!(s.upstream.connect_timeout, Duration::from_millis(1000));
         assert_eq!(s.upstream.read_timeout, Duration::from_millis(30_000));

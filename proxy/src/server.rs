@@ -48,6 +48,7 @@ fn server_conf(settings: &Settings, daemon: bool) -> ServerConf {
         version: 1,
         daemon,
         threads: s.threads,
+        work_stealing: s.work_stealing,
         // Requests keep running through Pingora's grace period only (its runtime shutdown
         // drops tasks), so the whole budget goes there; DrainWatcher exits early when idle.
         grace_period_seconds: Some(drain_budget(settings).as_secs()),
