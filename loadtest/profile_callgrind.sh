@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind" >&2; exit 2; }
 source loadtest/bench_lib.sh
+# shellcheck disable=SC2034  # filled and read by bench_lib.sh
 declare -A BACKEND_PID SYS_PID SYS_ADDR SYS_ADMIN
 trap bench_cleanup EXIT INT TERM
 systems=("$@"); [ ${#systems[@]} -gt 0 ] || systems=(ours ours+log bare)

@@ -49,7 +49,7 @@ access_log = false
 TOML
 "$BIN/proxy" -c "$work/proxy.toml" >"$work/proxy.out" 2>&1 &
 proxy_pid=$!
-pids+=($proxy_pid)
+pids+=("$proxy_pid")
 wait_http "http://127.0.0.1:$admin_port/ready" 200 30
 
 cat >"$work/prometheus.yml" <<YML

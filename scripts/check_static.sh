@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Static checks of the shipped deployment files: docker compose, Prometheus config and rules,
+# Static checks: shell scripts, and the shipped deployment files: docker compose, Prometheus config and rules,
 # Grafana dashboard wiring, and the systemd unit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-ensure_packages docker-compose:docker-compose promtool:prometheus python3:python3 systemd-analyze:systemd
+ensure_packages docker-compose:docker-compose promtool:prometheus python3:python3 systemd-analyze:systemd \
+  shellcheck:shellcheck
+
+echo "==> shell scripts (bash -n, shellcheck)"
+for f in scripts/*.sh loadtest/*.sh .ci/run; do bash -n "$f"; done
+shellcheck -x -S warning scripts/*.sh loadtest/*.sh
 
 echo "==> docker-compose.yml"
 docker-compose -f docker-compose.yml config -q

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared shell helpers for scripts/: tool checks, installs, free ports, readiness polling.
 # Sourced, not run.
 
