@@ -24,6 +24,8 @@ pub struct RequestCtx {
     pub client: Option<IpAddr>,
     /// The TCP peer, appended to `X-Forwarded-For`.
     pub peer: Option<IpAddr>,
+    /// The peer is in `rate_limit.trusted_proxies`: its forwarding headers are believed.
+    pub peer_trusted: bool,
     pub rate: Option<Decision>,
     /// Upstream attempts made (1 = no retry).
     pub attempts: usize,
@@ -49,6 +51,7 @@ impl RequestCtx {
             request_id: HeaderValue::from_static("-"),
             client: None,
             peer: None,
+            peer_trusted: false,
             rate: None,
             attempts: 0,
             tried: Vec::new(),

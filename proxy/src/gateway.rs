@@ -111,6 +111,8 @@ impl Gateway {
 
         let live = ctx.live.clone();
         let rl = &live.settings.rate_limit;
+        ctx.peer_trusted =
+            !rl.trusted_proxies.is_empty() && peer.is_some_and(|p| in_any(&rl.trusted_proxies, p));
         let Some(limiter) = &live.limiter else {
             ctx.client = peer;
             return Ok(false);

@@ -11,6 +11,8 @@ use crate::rate_limit::Decision;
 // Names to look headers up by.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const VIA: HeaderName = HeaderName::from_static("via");
 
 // Names to write, as static title-case strings: Pingora keeps them as the wire spelling without
@@ -44,6 +46,8 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
 }
 
 /// `X-Forwarded-*`, `X-Request-Id` and `[headers.request]` on the upstream request.
+/// `X-Forwarded-Proto` and `-Host` set by a trusted proxy in front (a TLS-terminating load
+/// balancer, say) are kept; from anyone else they are replaced with what we saw.
 pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
     if let Some(peer) = ctx.peer {
         let peer = peer.to_string();
@@ -53,14 +57,21 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
         };
         req.insert_header(FORWARDED_FOR, joined)?;
     }
-    req.insert_header(FORWARDED_PROTO, HeaderValue::from_static("http"))?;
-    let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
-        req.uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    if let Some(host) = host {
-        req.insert_header(FORWARDED_HOST, host)?;
+    let keep_proto = ctx.peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO);
+    let keep_host = ctx.peer_trusted && req.headers.contains_key(&X_FORWARDED_HOST);
+    if !keep_proto {
+        req.insert_header(FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+    }
+    if !keep_host {
+        let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        match host {
+            Some(host) => req.insert_header(FORWARDED_HOST, host)?,
+            None => drop(req.remove_header(&X_FORWARDED_HOST)),
+        }
     }
     req.insert_header(REQUEST_ID, ctx.request_id.clone())?;
     for h in &ctx.live.settings.headers.request {

@@ -400,3 +400,26 @@ async fn mock_backend_finishes_in_flight_requests_on_sigterm() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["backend"], "a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_proto_and_host_are_kept_only_from_trusted_proxies() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&[&a], "[rate_limit]\ntrusted_proxies = [\"127.0.0.10\"]").await;
+    let sent = [
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "api.example.com"),
+    ];
+    let from = |ip: &str| Some(ip.parse().unwrap());
+
+    // A TLS-terminating load balancer we trust: its view of the request is kept.
+    let r = get_with(proxy.addr, from("127.0.0.10"), "/trusted", &sent).await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "api.example.com");
+
+    // Anyone else: replaced with what the gateway saw.
+    let r = get_with(proxy.addr, from("127.0.0.11"), "/spoofed", &sent).await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "gateway.test");
+}
