@@ -14,6 +14,7 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
     use pingora::ErrorSource;
     match e.etype() {
         HTTPStatus(503) => (503, "no healthy backend"),
+        HTTPStatus(502) => (502, "no backend could be reached"),
         HTTPStatus(429) => (429, "rate limited"),
         HTTPStatus(code) if (400..600).contains(code) => (*code, "request failed"),
         ReadTimedout | WriteTimedout if *e.esource() == ErrorSource::Upstream => {
@@ -27,7 +28,6 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
                 ReadTimedout | WriteTimedout => (408, "client timeout"),
                 _ => (400, "bad request"),
             },
-            _ if matches!(e.etype(), HTTPStatus(502)) => (502, "no backend could be reached"),
             _ => (500, "internal error"),
         },
     }
@@ -86,6 +86,9 @@ mod tests {
     fn statuses_map_by_type_and_source() {
         let e = Error::explain(HTTPStatus(503), "none");
         assert_eq!(classify(&e).0, 503);
+        // Raised by upstream_peer when every backend tried has failed.
+        let e = Error::explain(HTTPStatus(502), "every backend tried failed");
+        assert_eq!(classify(&e), (502, "no backend could be reached"));
         let mut e = Error::new(ReadTimedout);
         e.as_up();
         assert_eq!(classify(&e).0, 504);
