@@ -9,11 +9,12 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::config_locate::{key_at, line_col, span_of};
+use crate::header_edit::Name;
 
 /// The file as written: every key optional except `upstream.backends`.
 #[derive(Debug, Deserialize)]
@@ -169,6 +170,9 @@ impl Default for FileRateLimit {
 struct FileHeaders {
     request: BTreeMap<String, String>,
     response: BTreeMap<String, String>,
+    /// Send header names in the case they arrived (and `request`/`response` names as written).
+    /// Off, as in Envoy and HAProxy: standard names go out in title case, others in lower case.
+    preserve_case: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,12 +281,13 @@ pub struct RateLimitSettings {
 pub struct HeaderSettings {
     pub request: Vec<ConfiguredHeader>,
     pub response: Vec<ConfiguredHeader>,
+    pub preserve_case: bool,
 }
 
-/// A header from `[headers.*]`: the name as written (sent with that spelling), and its value.
+/// A header from `[headers.*]`: the name (spelled as written when case is kept), and its value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfiguredHeader {
-    pub name: bytes::Bytes,
+    pub name: Name,
     pub value: HeaderValue,
 }
 
@@ -371,6 +376,7 @@ fn validate(file: FileConfig) -> Result<Settings, Invalid> {
         headers: HeaderSettings {
             request: validate_headers("headers.request", file.headers.request)?,
             response: validate_headers("headers.response", file.headers.response)?,
+            preserve_case: file.headers.preserve_case,
         },
         admin: AdminSettings {
             listen: parse_socket_addr("admin.listen", &file.admin.listen)?,
@@ -509,8 +515,8 @@ fn validate_headers(
     headers
         .into_iter()
         .map(|(name, value)| {
-            HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(key, format!("\"{name}\" is not a valid header name")))?;
+            let parsed = Name::parse(&name)
+                .ok_or_else(|| invalid(key, format!("\"{name}\" is not a valid header name")))?;
             let value = HeaderValue::from_str(&value).map_err(|_| {
                 invalid(
                     key,
@@ -518,7 +524,7 @@ fn validate_headers(
                 )
             })?;
             Ok(ConfiguredHeader {
-                name: bytes::Bytes::from(name),
+                name: parsed,
                 value,
             })
         })

@@ -20,7 +20,7 @@ use crate::access_log::AccessLog;
 use crate::client_ip::{client_ip, in_any};
 use crate::context::{InflightGuard, RequestCtx};
 use crate::headers::{self, X_FORWARDED_FOR};
-use crate::metrics::{method_label, Metrics};
+use crate::metrics::Metrics;
 use crate::panic_guard;
 use crate::rate_limit::{ClientKey, Decision};
 use crate::responses::{classify, write_error};
@@ -123,7 +123,7 @@ impl Gateway {
         let forwarded = if rl.trusted_proxies.is_empty() {
             None
         } else {
-            headers::joined_values(session.req_header(), &X_FORWARDED_FOR)
+            headers::joined_values(session.req_header(), &X_FORWARDED_FOR.key)
         };
         let client = client_ip(peer, forwarded.as_deref(), &rl.trusted_proxies);
         ctx.client = Some(client);
@@ -202,7 +202,13 @@ impl ProxyHttp for Gateway {
         ctx.request_id = headers::request_id(session.req_header());
         let id = ctx.request_id.clone();
         let request_id = move || id.to_str().unwrap_or("-").to_owned();
-        panic_guard::guard("request_filter", request_id, self.admit(session, ctx)).await
+        let answered =
+            panic_guard::guard("request_filter", request_id, self.admit(session, ctx)).await?;
+        if !answered {
+            // Once, on the downstream header: every attempt's upstream request is a copy of it.
+            headers::add_upstream_headers(session.req_header_mut(), ctx)?;
+        }
+        Ok(answered)
     }
 
     async fn upstream_peer(
@@ -243,10 +249,9 @@ impl ProxyHttp for Gateway {
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
-        upstream_request: &mut RequestHeader,
+        _upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        headers::add_upstream_headers(upstream_request, ctx)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -269,10 +274,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if let Some(b) = &ctx.backend {
-            upstream_response.insert_header(headers::UPSTREAM, b.header_value.clone())?;
-        }
-        headers::add_downstream_headers(upstream_response, ctx)
+        let upstream = ctx.backend.as_ref().map(|b| &b.header_value);
+        headers::add_downstream_headers(upstream_response, ctx, upstream)
     }
 
     fn fail_to_connect(
@@ -367,19 +370,19 @@ impl ProxyHttp for Gateway {
         let status = session
             .response_written()
             .map_or(http::StatusCode::from_u16(499).ok(), |r| Some(r.status));
+        let code = status.as_ref().map_or(499, |s| s.as_u16());
         let status_label = status.as_ref().map_or("499", |s| s.as_str());
-        let method = method_label(&session.req_header().method);
         let answered_by: Option<&Arc<BackendInfo>> =
             ctx.backend.as_ref().filter(|_| ctx.upstream_time.is_some());
         let backend_metrics = answered_by.map_or(self.metrics.no_backend(), |b| &b.metrics);
-        self.metrics
-            .count_request(&backend_metrics.label, method, status_label);
+        backend_metrics
+            .requests
+            .inc(&session.req_header().method, code, status_label);
         backend_metrics.duration.observe(elapsed.as_secs_f64());
         if let Some(t) = ctx.upstream_time {
             backend_metrics.upstream_response.observe(t.as_secs_f64());
         }
         if ctx.live.settings.log.access_log {
-            let code = status.as_ref().map_or(499, |s| s.as_u16());
             self.access_log.write(session, ctx, code, elapsed);
         }
         ctx.client_inflight = None;

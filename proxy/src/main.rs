@@ -9,6 +9,7 @@ mod config;
 mod config_locate;
 mod context;
 mod gateway;
+mod header_edit;
 mod headers;
 mod lifecycle;
 mod logging;

@@ -1,10 +1,11 @@
 //! Prometheus metrics owned by the app: one registry, handles created once.
 //!
 //! Per-backend handles live in [`BackendMetrics`] (resolved when a backend is discovered, not
-//! per request); `gateway_requests_total` is looked up per request with borrowed label values.
+//! per request); `gateway_requests_total` handles are resolved on first use per backend, method
+//! and common status, and looked up per request only for rare statuses.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -41,7 +42,7 @@ pub struct Metrics {
 
 /// Handles for one backend label, resolved once.
 pub struct BackendMetrics {
-    pub label: Arc<str>,
+    pub requests: RequestCounters,
     pub duration: Histogram,
     pub upstream_response: Histogram,
     pub retries: IntCounter,
@@ -139,6 +140,7 @@ impl Metrics {
 
         let none = Arc::new(BackendMetrics::new(
             NO_BACKEND,
+            &requests,
             &duration,
             &upstream_response,
             &retries,
@@ -172,6 +174,7 @@ impl Metrics {
         }
         let m = Arc::new(BackendMetrics::new(
             label,
+            &self.requests,
             &self.duration,
             &self.upstream_response,
             &self.retries,
@@ -204,12 +207,6 @@ impl Metrics {
         let _ = self.backend_up.remove_label_values(&[label]);
     }
 
-    pub fn count_request(&self, backend: &str, method: &str, status: &str) {
-        self.requests
-            .with_label_values(&[backend, method, status])
-            .inc();
-    }
-
     pub fn count_reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.reloads.with_label_values(&[result]).inc();
@@ -227,8 +224,10 @@ impl Metrics {
 }
 
 impl BackendMetrics {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         label: &str,
+        requests: &IntCounterVec,
         duration: &HistogramVec,
         upstream_response: &HistogramVec,
         retries: &IntCounterVec,
@@ -241,7 +240,7 @@ impl BackendMetrics {
             let detached = || IntCounter::new("detached", "not exported").ok();
             let counter = || detached().unwrap_or_else(|| retries.with_label_values(&[label]));
             return Self {
-                label: Arc::from(label),
+                requests: RequestCounters::new(requests, label),
                 duration: duration.with_label_values(&[label]),
                 upstream_response: upstream_response.with_label_values(&[label]),
                 retries: counter(),
@@ -254,7 +253,7 @@ impl BackendMetrics {
         let up = backend_up.with_label_values(&[label]);
         up.set(1);
         Self {
-            label: Arc::from(label),
+            requests: RequestCounters::new(requests, label),
             duration: duration.with_label_values(&[label]),
             upstream_response: upstream_response.with_label_values(&[label]),
             retries: retries.with_label_values(&[label]),
@@ -265,18 +264,65 @@ impl BackendMetrics {
     }
 }
 
-/// Known HTTP methods keep their name as a label; anything else is "OTHER".
-pub fn method_label(method: &http::Method) -> &'static str {
+/// `method` label values: known HTTP methods keep their name, anything else is "OTHER".
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "OTHER",
+];
+
+fn method_index(method: &http::Method) -> usize {
     match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::PATCH => "PATCH",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => "OTHER",
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::HEAD => 4,
+        http::Method::OPTIONS => 5,
+        http::Method::PATCH => 6,
+        http::Method::CONNECT => 7,
+        http::Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+/// Statuses whose `gateway_requests_total` handles are kept per backend and method (sorted).
+const CACHED_STATUSES: [u16; 26] = [
+    200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413,
+    422, 429, 499, 500, 502, 503, 504,
+];
+
+/// `gateway_requests_total` of one backend. `with_label_values` hashes three strings under a
+/// lock on every call (~700 instructions per request, callgrind); the handles of common
+/// method × status pairs are resolved once instead.
+pub struct RequestCounters {
+    vec: IntCounterVec,
+    label: Arc<str>,
+    cached: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RequestCounters {
+    fn new(vec: &IntCounterVec, label: &str) -> Self {
+        Self {
+            vec: vec.clone(),
+            label: Arc::from(label),
+            cached: (0..METHOD_LABELS.len() * CACHED_STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// Counts one answered request; `status` is the label of `code` (e.g. "499").
+    pub fn inc(&self, method: &http::Method, code: u16, status: &str) {
+        let method = method_index(method);
+        let resolve = || {
+            self.vec
+                .with_label_values(&[&self.label, METHOD_LABELS[method], status])
+        };
+        match CACHED_STATUSES.binary_search(&code) {
+            Ok(i) => match self.cached.get(method * CACHED_STATUSES.len() + i) {
+                Some(cell) => cell.get_or_init(resolve).inc(),
+                None => resolve().inc(),
+            },
+            Err(_) => resolve().inc(),
+        }
     }
 }

@@ -60,7 +60,7 @@ pub async fn write_error(
     if !keepalive {
         resp.insert_header(http::header::CONNECTION, "close")?;
     }
-    add_downstream_headers(&mut resp, ctx)?;
+    add_downstream_headers(&mut resp, ctx, None)?;
     if !keepalive {
         session.set_keepalive(None);
     }

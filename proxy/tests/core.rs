@@ -428,3 +428,133 @@ async fn forwarded_proto_and_host_are_kept_only_from_trusted_proxies() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "gateway.test");
 }
+
+/// A backend that records the raw bytes of each request head it gets (except health checks) and
+/// answers with a header spelled in mixed case, so tests can see header case on the wire.
+struct WireBackend {
+    addr: std::net::SocketAddr,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WireBackend {
+    async fn start() -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            match stream.read_line(&mut line).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            head.push_str(&line);
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        if !head.starts_with("GET /health") {
+                            seen.lock().unwrap().push(head);
+                        }
+                        let answer =
+                            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend-Thing: b\r\n\r\nok";
+                        if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, heads, task }
+    }
+
+    fn last_head(&self) -> String {
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for WireBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Header names on the wire, both ways: lower case for non-standard names by default (as Envoy
+/// and HAProxy send them), each name as it arrived or was configured with `preserve_case`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_case_follows_preserve_case() {
+    for preserve in [false, true] {
+        let backend = WireBackend::start().await;
+        let proxy = Proxy::start_with(
+            vec![backend.addr.to_string()],
+            &format!("[headers]\npreserve_case = {preserve}\nrequest = {{ \"X-Env\" = \"test\" }}"),
+            true,
+        )
+        .await;
+        let r = get_with(proxy.addr, None, "/case", &[("X-Client-Thing", "c")]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "ok");
+        let head = backend.last_head();
+        let names_out: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        // Standard names Pingora knows (Host, Content-Length) are title case either way.
+        let (upstream_lines, client_names): (&[&str], &[&str]) = if preserve {
+            (
+                &[
+                    "X-Client-Thing: c",
+                    "X-Forwarded-For: 127.0.0.1",
+                    "X-Env: test",
+                    "X-Request-Id: ",
+                ],
+                &[
+                    "X-Backend-Thing",
+                    "X-Upstream",
+                    "RateLimit-Limit",
+                    "X-Test-Gateway",
+                    "Via",
+                ],
+            )
+        } else {
+            (
+                &[
+                    "x-client-thing: c",
+                    "x-forwarded-for: 127.0.0.1",
+                    "x-env: test",
+                    "x-request-id: ",
+                ],
+                &[
+                    "x-backend-thing",
+                    "x-upstream",
+                    "ratelimit-limit",
+                    "x-test-gateway",
+                    "via",
+                ],
+            )
+        };
+        for line in upstream_lines.iter().chain(&["Host: gateway.test"]) {
+            assert!(
+                head.contains(line),
+                "preserve_case={preserve}: {line:?} not in {head:?}"
+            );
+        }
+        for name in client_names.iter().chain(&["Content-Length"]) {
+            assert!(
+                names_out.contains(name),
+                "preserve_case={preserve}: {name} not in {names_out:?}"
+            );
+        }
+    }
+}
