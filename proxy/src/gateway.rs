@@ -131,7 +131,7 @@ impl Gateway {
             return Ok(false);
         }
         let key = ClientKey::from_ip(client);
-        let decision = limiter.check(key);
+        let decision = limiter.check(key, ctx.start);
         ctx.rate = Some(decision);
         if !decision.allowed {
             return self.reject(session, ctx, "request budget spent").await;

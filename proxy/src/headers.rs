@@ -12,6 +12,7 @@ use pingora::{ErrorType, OrErr};
 use crate::context::RequestCtx;
 use crate::header_edit::{edit_request, edit_response, Editor, Name};
 use crate::rate_limit::Decision;
+use crate::state::Live;
 
 pub const X_REQUEST_ID: Name = Name::from_static("x-request-id", "X-Request-Id");
 pub const X_FORWARDED_FOR: Name = Name::from_static("x-forwarded-for", "X-Forwarded-For");
@@ -164,7 +165,7 @@ pub fn add_downstream_headers(
         h.insert(&X_REQUEST_ID, ctx.request_id.clone())?;
         h.insert(&VIA, via)?;
         if let Some(decision) = &ctx.rate {
-            add_rate_limit_headers(h, decision, &ctx.live.limit_header)?;
+            add_rate_limit_headers(h, decision, &ctx.live)?;
         }
         for c in &settings.response {
             h.insert(&c.name, c.value.clone())?;
@@ -176,13 +177,13 @@ pub fn add_downstream_headers(
 fn add_rate_limit_headers(
     h: &mut Editor<'_, ResponseHeader>,
     d: &Decision,
-    limit: &HeaderValue,
+    live: &Live,
 ) -> pingora::Result<()> {
-    h.insert(&RATELIMIT_LIMIT, limit.clone())?;
-    h.insert(&RATELIMIT_REMAINING, HeaderValue::from(d.remaining))?;
-    h.insert(&RATELIMIT_RESET, HeaderValue::from(d.reset_secs))?;
+    h.insert(&RATELIMIT_LIMIT, live.limit_header.clone())?;
+    h.insert(&RATELIMIT_REMAINING, live.number(d.remaining.into()))?;
+    h.insert(&RATELIMIT_RESET, live.number(d.reset_secs))?;
     if !d.allowed {
-        h.insert(&RETRY_AFTER, HeaderValue::from(d.retry_after_secs))?;
+        h.insert(&RETRY_AFTER, live.number(d.retry_after_secs))?;
     }
     Ok(())
 }
