@@ -14,6 +14,7 @@
 #   ours       the gateway: rate limiting on (limit 1e9, never reached), metrics, headers, no access log
 #   ours+log   the same with log.access_log = true (log.file in the temp dir, stdout to a file)
 #   ours-norl  the same as `ours` with rate_limit.enabled = false (the limiter's cost)
+#   ours+case  the same as `ours` with headers.preserve_case = true (what keeping case costs)
 #   bare       proxy/examples/bare_proxy.rs: Pingora round robin + keepalive + XFF, nothing else
 #   nginx      nginx reverse proxy (keepalive 128 per worker, $proxy_add_x_forwarded_for)
 #   haproxy    HAProxy (balance roundrobin, option forwardfor, http-reuse always)
@@ -126,13 +127,14 @@ log "systems: $WORKERS worker(s)/thread(s) each"
 start_ours ours "$(free_port)" "$(free_port)" "$WORKERS" true false
 start_ours ours+log "$(free_port)" "$(free_port)" "$WORKERS" true true
 start_ours ours-norl "$(free_port)" "$(free_port)" "$WORKERS" false false
+PRESERVE_CASE=true start_ours ours+case "$(free_port)" "$(free_port)" "$WORKERS" true false
 start_bare bare "$(free_port)" "$WORKERS"
 start_nginx_proxy nginx "$(free_port)" "$WORKERS"
 start_haproxy haproxy "$(free_port)" "$WORKERS"
-SYSTEMS=(ours ours+log ours-norl bare nginx haproxy direct)
+SYSTEMS=(ours ours+log ours-norl ours+case bare nginx haproxy direct)
 
 # Every proxy must add X-Forwarded-For and reach both backends before anything is measured.
-for sys in ours ours+log ours-norl bare nginx haproxy; do
+for sys in ours ours+log ours-norl ours+case bare nginx haproxy; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://${SYS_ADDR[$sys]}/")
   [[ "$code" == 200 ]] || die "$sys answered $code"
 done
@@ -209,7 +211,7 @@ printf 'system\tphase\tfile\tnew\trequests\tmetric_new\n' >"$RAW/conns.tsv"
 if ((DO_CONNS)); then
   # Only the proxy being measured may talk to the backends meanwhile: stop the others (and
   # their health checks).
-  for sys in ours ours+log ours-norl bare nginx haproxy; do
+  for sys in ours ours+log ours-norl ours+case bare nginx haproxy; do
     stop_pid "${SYS_PID[$sys]}"
   done
   # backend_counts: "accepts requests" summed over the backends.

@@ -195,7 +195,8 @@ backend_accepts() {
 # start_ours NAME PORT ADMIN_PORT THREADS RATE_LIMIT(true|false) ACCESS_LOG(true|false)
 #            [REQUESTS [MAX_CLIENTS [WINDOW_SECONDS]]]
 # The gateway with production features on: rate limiting (by default with a limit it never
-# reaches), metrics, request and response headers, health checks.
+# reaches), metrics, request and response headers, health checks. PRESERVE_CASE=true sets
+# headers.preserve_case.
 start_ours() {
   local name=$1 port=$2 admin=$3 threads=$4 rl=$5 al=$6 requests=${7:-1000000000} max_clients=${8:-100000}
   local window=${9:-60}
@@ -225,6 +226,7 @@ max_clients = $max_clients
 [headers]
 request = { "X-Gateway" = "bench" }
 response = { "X-Served-By" = "bench" }
+preserve_case = ${PRESERVE_CASE:-false}
 
 [admin]
 listen = "127.0.0.1:$admin"

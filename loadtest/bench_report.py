@@ -23,6 +23,7 @@ RATIOS = [  # (label, numerator system, denominator system)
     ("ours / haproxy", "ours", "haproxy"),
     ("ours+log / ours (access log)", "ours+log", "ours"),
     ("ours / ours-norl (rate limiter)", "ours", "ours-norl"),
+    ("ours+case / ours (header case kept)", "ours+case", "ours"),
     ("bare / nginx", "bare", "nginx"),
 ]
 
@@ -256,7 +257,7 @@ def main():
         "CPU = utime+stime of the proxy's processes per 100k requests; peak RSS = VmHWM "
         "(summed over nginx's master and workers). `direct` = wrk straight to backend 1.")
     md.append("")
-    order = ["ours", "ours+log", "ours-norl", "bare", "nginx", "haproxy", "direct"]
+    order = ["ours", "ours+log", "ours-norl", "ours+case", "bare", "nginx", "haproxy", "direct"]
     rows, csv_rows = [], []
     for s in order + sorted(set(summary) - set(order)):
         if s not in summary:

@@ -2,7 +2,7 @@
 # Instructions per request under callgrind (counts instructions, not time: repeatable on a busy
 # machine). Release builds, 1 thread each, one nginx backend, wrk -c10: 3 s warm-up, then 10 s
 # counted. Systems: ours (production features, access log off), ours+log, ours-norl (limiter
-# off), bare (bare Pingora round robin).
+# off), ours+case (headers.preserve_case = true), bare (bare Pingora round robin).
 #
 #   loadtest/profile_callgrind.sh [SYSTEM ...]     (default: ours ours+log bare)
 #   Output: one line per system; callgrind files under loadtest/results/callgrind/ for
@@ -33,6 +33,7 @@ for sys in "${systems[@]}"; do
     ours) start_ours ours "$(free_port)" "$(free_port)" 1 true false ;;
     ours+log) start_ours ours+log "$(free_port)" "$(free_port)" 1 true true ;;
     ours-norl) start_ours ours-norl "$(free_port)" "$(free_port)" 1 false false ;;
+    ours+case) PRESERVE_CASE=true start_ours ours+case "$(free_port)" "$(free_port)" 1 true false ;;
     bare) REAL_BIN=$real_bare; start_bare bare "$(free_port)" 1 ;;
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac

@@ -1,11 +1,10 @@
 //! Per-request state, carried through every Pingora phase and read by `logging()`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use pingora::lb::Backend;
 use pingora_limits::inflight::Guard;
 use prometheus::IntGauge;
 
@@ -29,8 +28,8 @@ pub struct RequestCtx {
     pub rate: Option<Decision>,
     /// Upstream attempts made (1 = no retry).
     pub attempts: usize,
-    /// Backends already tried for this request; a retry never picks one again.
-    pub tried: Vec<Backend>,
+    /// Backend addresses already tried for this request; a retry never picks one again.
+    pub tried: Vec<SocketAddr>,
     /// The backend of the current (last) attempt.
     pub backend: Option<Arc<BackendInfo>>,
     /// When the current attempt's request header went upstream.

@@ -4,7 +4,8 @@
 //! tried; `fail_to_connect` / `error_while_proxy` decide retries; the response filters add
 //! headers; `fail_to_proxy` writes our JSON errors; `logging` records metrics and the access log.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,9 +28,6 @@ use crate::responses::{classify, write_error};
 use crate::state::LiveState;
 use crate::upstream::{self, BackendInfo};
 
-/// Backends considered per pick; above any realistic pool size (RoundRobin counts duplicates).
-const MAX_SELECT_ITERATIONS: usize = 256;
-
 /// The gateway service: everything shared across requests.
 pub struct Gateway {
     pub live: LiveState,
@@ -38,6 +36,8 @@ pub struct Gateway {
     /// Concurrent requests per client (approximate; only consulted when a cap is set).
     pub client_inflight: Inflight,
     pub access_log: AccessLog,
+    /// Round-robin position over the backend list.
+    next_backend: AtomicUsize,
 }
 
 impl Gateway {
@@ -53,7 +53,33 @@ impl Gateway {
             metrics,
             client_inflight: Inflight::new(),
             access_log,
+            next_backend: AtomicUsize::new(0),
         }
+    }
+
+    /// The next backend in round-robin order that is healthy and not yet tried by this request:
+    /// its address and what discovery attached to it. Pingora's `select_with` walks the same
+    /// order (its `RoundRobin` is this counter over the same sorted list) but dedupes through a
+    /// `HashSet` it allocates and hashes into on every call and clones the `Backend` (with its
+    /// extensions map), ~1.5k instructions per request (callgrind); discovery gives every
+    /// backend weight 1, so the list holds no duplicates to skip.
+    fn next_backend(&self, tried: &[SocketAddr]) -> Option<(SocketAddr, Option<Arc<BackendInfo>>)> {
+        let backends = self.lb.backends();
+        let list = backends.get_backend();
+        let n = list.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next_backend.fetch_add(1, Ordering::Relaxed) % n;
+        list.iter()
+            .cycle()
+            .skip(start)
+            .take(n)
+            .filter(|b| backends.ready(b))
+            .find_map(|b| {
+                let addr = *b.addr.as_inet()?;
+                (!tried.contains(&addr)).then(|| (addr, upstream::info(b).cloned()))
+            })
     }
 
     /// Whether another attempt could go to a healthy backend this request has not tried.
@@ -62,7 +88,7 @@ impl Gateway {
         backends
             .get_backend()
             .iter()
-            .any(|b| backends.ready(b) && !ctx.tried.contains(b))
+            .any(|b| backends.ready(b) && b.addr.as_inet().is_some_and(|a| !ctx.tried.contains(a)))
     }
 
     /// Marks `e` retryable when the budget and the pool allow, and counts the retry.
@@ -159,25 +185,15 @@ impl Gateway {
     /// Picks a healthy backend this request has not tried yet and builds its peer.
     fn pick_peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
-        let tried = &ctx.tried;
-        let picked = self
-            .lb
-            .select_with(b"", MAX_SELECT_ITERATIONS, |b, healthy| {
-                healthy && !tried.contains(b)
-            });
-        let Some(backend) = picked else {
+        let Some((addr, info)) = self.next_backend(&ctx.tried) else {
             return if ctx.tried.is_empty() {
                 Error::e_explain(HTTPStatus(503), "no healthy backend")
             } else {
                 Error::e_explain(HTTPStatus(502), "every backend tried failed")
             };
         };
-        let info = upstream::info(&backend).cloned();
-        let Some(addr) = backend.addr.as_inet().copied() else {
-            return Error::e_explain(InternalError, "backend without an inet address");
-        };
         ctx.backend = info;
-        ctx.tried.push(backend);
+        ctx.tried.push(addr);
 
         let up = &ctx.live.settings.upstream;
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -200,10 +216,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
-        let id = ctx.request_id.clone();
-        let request_id = move || id.to_str().unwrap_or("-").to_owned();
-        let answered =
-            panic_guard::guard("request_filter", request_id, self.admit(session, ctx)).await?;
+        let answered = panic_guard::catch(self.admit(session, ctx))
+            .await
+            .map_err(|m| panic_guard::panicked("request_filter", ctx.request_id(), &m))??;
         if !answered {
             // Once, on the downstream header: every attempt's upstream request is a copy of it.
             headers::add_upstream_headers(session.req_header_mut(), ctx)?;
@@ -216,14 +231,13 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let id = ctx.request_id.clone();
-        let request_id = move || id.to_str().unwrap_or("-").to_owned();
         let req = session.req_header();
-        panic_guard::guard("upstream_peer", request_id, async {
+        panic_guard::catch(async {
             panic_guard::injected(req, "upstream_peer");
             self.pick_peer(ctx)
         })
         .await
+        .map_err(|m| panic_guard::panicked("upstream_peer", ctx.request_id(), &m))?
     }
 
     async fn connected_to_upstream(

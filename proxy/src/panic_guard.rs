@@ -8,21 +8,19 @@ use std::panic::AssertUnwindSafe;
 use futures_util::FutureExt;
 use pingora::prelude::*;
 
-/// Runs `phase`; a panic becomes `InternalError` naming the phase and the panic message.
-pub async fn guard<T>(
-    phase: &'static str,
-    request_id: impl Fn() -> String,
-    fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(result) => result,
-        Err(payload) => {
-            let message = panic_message(payload.as_ref());
-            let request_id = request_id();
-            tracing::error!(request_id, phase, panic = %message, "panic in a request phase; answering 500");
-            Error::e_explain(InternalError, format!("panic in {phase}: {message}"))
-        }
-    }
+/// Runs `fut`; a panic comes back as `Err` with its message, for [`panicked`] once the future's
+/// borrows (of the request context, say) have ended.
+pub async fn catch<T>(fut: impl Future<Output = T>) -> std::result::Result<T, String> {
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(|payload| panic_message(payload.as_ref()))
+}
+
+/// Logs a caught panic with the request id and turns it into `InternalError` naming the phase.
+pub fn panicked(phase: &'static str, request_id: &str, message: &str) -> Box<Error> {
+    tracing::error!(request_id, phase, panic = %message, "panic in a request phase; answering 500");
+    Error::explain(InternalError, format!("panic in {phase}: {message}"))
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
