@@ -1,8 +1,12 @@
-//! The access log: one JSON object per line, serialized once per request from borrowed fields
-//! and handed to the non-blocking writers (stdout and `log.file`). Nothing is built when
+//! The access log: one JSON object per line, serialized once per request from borrowed fields,
+//! gathered in memory and handed to the non-blocking writers (stdout and `log.file`) in batches:
+//! at 32 KiB or every 100 ms, and before the process exits. Handing over every line on its own
+//! woke a writer thread and made a write syscall per line and sink (about +1.2 s of system time
+//! per 100k requests); as nginx's `access_log ... buffer= flush=`. Nothing is built when
 //! `log.access_log` is off.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pingora::proxy::Session;
@@ -11,9 +15,20 @@ use tracing_appender::non_blocking::NonBlocking;
 
 use crate::context::RequestCtx;
 
+/// A batch is handed to the writers once it holds this much...
+const FLUSH_BYTES: usize = 32 * 1024;
+/// ...or when it is this old: how late a line may reach the log.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Where access log lines go; fixed at start (the log file cannot change on reload).
+#[derive(Clone)]
 pub struct AccessLog {
+    batch: Arc<Batch>,
+}
+
+struct Batch {
     sinks: Vec<NonBlocking>,
+    pending: Mutex<Vec<u8>>,
 }
 
 #[derive(Serialize)]
@@ -32,8 +47,33 @@ struct Line<'a> {
 }
 
 impl AccessLog {
+    /// Also starts the thread that hands over batches every `FLUSH_INTERVAL`; it holds a weak
+    /// reference and ends with the log.
     pub fn new(sinks: Vec<NonBlocking>) -> Self {
-        Self { sinks }
+        let batch = Arc::new(Batch {
+            sinks,
+            pending: Mutex::new(Vec::with_capacity(FLUSH_BYTES)),
+        });
+        let weak = Arc::downgrade(&batch);
+        let flusher = std::thread::Builder::new()
+            .name("access-log-flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_INTERVAL);
+                match weak.upgrade() {
+                    Some(batch) => batch.flush(),
+                    None => return,
+                }
+            });
+        if let Err(e) = flusher {
+            // Lines still go out when a batch fills and at exit; only the 100 ms bound is lost.
+            tracing::error!(error = %e, "cannot start the access log flusher thread");
+        }
+        Self { batch }
+    }
+
+    /// Hands every gathered line to the writers now (before the process exits).
+    pub fn flush(&self) {
+        self.batch.flush();
     }
 
     /// Writes the line of a finished request.
@@ -62,11 +102,50 @@ impl AccessLog {
             return;
         }
         buf.push(b'\n');
-        for sink in &self.sinks {
-            // Non-blocking: a full queue drops the line (counted by tracing-appender), never
-            // stalls a request.
-            let _ = sink.clone().write_all(&buf);
+        self.batch.push(&buf);
+    }
+}
+
+impl Batch {
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        // Poisoned only by a panic between two plain byte copies: the bytes are still lines.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, line: &[u8]) {
+        let full = {
+            let mut pending = self.lock();
+            pending.extend_from_slice(line);
+            (pending.len() >= FLUSH_BYTES).then(|| Self::take(&mut pending))
+        };
+        if let Some(chunk) = full {
+            self.send(&chunk);
         }
+    }
+
+    fn flush(&self) {
+        let chunk = Self::take(&mut self.lock());
+        if !chunk.is_empty() {
+            self.send(&chunk);
+        }
+    }
+
+    fn take(pending: &mut Vec<u8>) -> Vec<u8> {
+        std::mem::replace(pending, Vec::with_capacity(FLUSH_BYTES))
+    }
+
+    fn send(&self, chunk: &[u8]) {
+        for sink in &self.sinks {
+            // Non-blocking: a full queue drops the batch (counted by tracing-appender), never
+            // stalls a request.
+            let _ = sink.clone().write_all(chunk);
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::access_log::AccessLog;
 use crate::logging::LogGuards;
 use crate::metrics::Metrics;
 
@@ -31,6 +32,8 @@ pub struct DrainWatcher {
     /// The whole drain budget: grace period plus shutdown timeout.
     pub budget: Duration,
     pub log_guards: SharedLogGuards,
+    /// Flushed before the log writers, so the last access log lines are written.
+    pub access_log: AccessLog,
 }
 
 #[async_trait]
@@ -57,6 +60,7 @@ impl BackgroundService for DrainWatcher {
                         after_ms = started.elapsed().as_millis() as u64,
                         "drained; exiting"
                     );
+                    self.access_log.flush();
                     if let Ok(mut guards) = self.log_guards.lock() {
                         guards.take(); // flushes the log writers
                     }

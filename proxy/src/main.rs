@@ -64,7 +64,7 @@ fn main() {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
         log_guards: guards.clone(),
-        access_log,
+        access_log: access_log.clone(),
     };
     let server = match server::build(settings, &cli.config, run) {
         Ok(s) => s,
@@ -77,5 +77,6 @@ fn main() {
     tracing::info!(listen = ?listen, admin = %admin, config = %cli.config.display(), "proxy starting");
     server.run(RunArgs::default());
     tracing::info!("proxy stopped");
+    access_log.flush();
     drop(guards);
 }

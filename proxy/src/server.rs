@@ -93,7 +93,12 @@ pub fn build(
     let live = Arc::new(ArcSwap::from_pointee(Live::new(settings.clone(), None)));
     let draining = Arc::new(AtomicBool::new(false));
 
-    let gateway = Gateway::new(live.clone(), lb.clone(), metrics.clone(), run.access_log);
+    let gateway = Gateway::new(
+        live.clone(),
+        lb.clone(),
+        metrics.clone(),
+        run.access_log.clone(),
+    );
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     for addr in &settings.server.listen {
@@ -128,6 +133,7 @@ pub fn build(
             metrics: metrics.clone(),
             budget: drain_budget(&settings),
             log_guards: run.log_guards,
+            access_log: run.access_log,
         },
     );
 

@@ -300,3 +300,32 @@ async fn rust_log_overrides_the_configured_level() {
     .await;
     assert!(debug, "output:\n{}", proxy.output());
 }
+
+/// Lines are handed to the writers in batches: a burst larger than several batches, sent right
+/// before SIGTERM, is in the log file whole after the exit, one JSON object per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_batches_lose_no_line_up_to_exit() {
+    let a = Backend::start("a");
+    let mut proxy = Proxy::start(&[&a], "[rate_limit]\nenabled = false").await;
+    let mut client = Client::new(proxy.addr);
+    let n = 400; // ~130 KB of lines: four batches and a partial one
+    for i in 0..n {
+        let id = format!("burst-{i}");
+        let r = client
+            .request("GET", "/burst", &[("X-Request-Id", id.as_str())])
+            .await
+            .expect("answered");
+        assert_eq!(r.status, 200);
+    }
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let log = proxy.log();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in log.lines().filter(|l| l.contains("\"burst-")) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        seen.insert(entry["request_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), n, "lines missing from the log file");
+}
