@@ -7,7 +7,7 @@
 #                     [--sweep-duration S] [--backend-workers N] [--clients N]
 #                     [--skip-sweep] [--skip-clients] [--skip-conns] [--no-build] [--out DIR]
 #
-# Defaults: 5 rounds of 10 s, 1 worker per proxy, wrk -t1 -c50; a full run takes ~11 minutes.
+# Defaults: 5 rounds of 10 s, 1 worker per proxy, wrk -t1 -c50; a full run takes ~12 minutes.
 # For development: loadtest/bench.sh --rounds 1 --duration 3
 #
 # Systems (each a separate process, all started once, measured one at a time):
