@@ -135,7 +135,7 @@ impl Gateway {
             .map(|a| a.ip());
         ctx.peer = peer;
 
-        let live = ctx.live.clone();
+        let live = &ctx.live;
         let rl = &live.settings.rate_limit;
         ctx.peer_trusted =
             !rl.trusted_proxies.is_empty() && peer.is_some_and(|p| in_any(&rl.trusted_proxies, p));
