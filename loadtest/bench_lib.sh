@@ -154,9 +154,10 @@ status_kb() {
 
 # --- servers -------------------------------------------------------------------------------
 
-# start_nginx_backend NAME PORT WORKERS: fixed `200 ok` server with stub_status at /__status.
-start_nginx_backend() {
-  local name=$1 port=$2 workers=$3 dir="$BENCH_TMP/$1"
+# nginx_conf_head DIR WORKERS: writes the start of DIR/nginx.conf that the backends and the
+# nginx proxy share (everything under DIR), up to and including `http {`; callers append the rest.
+nginx_conf_head() {
+  local dir=$1 workers=$2
   mkdir -p "$dir/logs" "$dir/tmp"
   cat >"$dir/nginx.conf" <<EOF
 worker_processes $workers;
@@ -170,6 +171,19 @@ http {
     fastcgi_temp_path $dir/tmp/fastcgi;
     uwsgi_temp_path $dir/tmp/uwsgi;
     scgi_temp_path $dir/tmp/scgi;
+EOF
+}
+
+# run_nginx DIR: nginx in the foreground on DIR/nginx.conf, started in the background.
+run_nginx() {
+  start_bg "$1/logs/stdout.log" nginx -p "$1" -e "$1/logs/error.log" -c "$1/nginx.conf" -g 'daemon off;'
+}
+
+# start_nginx_backend NAME PORT WORKERS: fixed `200 ok` server with stub_status at /__status.
+start_nginx_backend() {
+  local name=$1 port=$2 workers=$3 dir="$BENCH_TMP/$1"
+  nginx_conf_head "$dir" "$workers"
+  cat >>"$dir/nginx.conf" <<EOF
     default_type text/plain;
     # Never close a keep-alive connection for its request count (the default is 1000), so
     # every new upstream connection the proxies open is theirs.
@@ -182,7 +196,7 @@ http {
     }
 }
 EOF
-  start_bg "$dir/logs/stdout.log" nginx -p "$dir" -e "$dir/logs/error.log" -c "$dir/nginx.conf" -g 'daemon off;'
+  run_nginx "$dir"
   BACKEND_PID[$name]=$STARTED_PID
   wait_http "http://127.0.0.1:$port/" "$STARTED_PID" "$dir/logs/error.log"
 }
@@ -260,20 +274,9 @@ start_bare() {
 # start_nginx_proxy NAME PORT WORKERS
 start_nginx_proxy() {
   local name=$1 port=$2 workers=$3 dir="$BENCH_TMP/$1" servers="" b
-  mkdir -p "$dir/logs" "$dir/tmp"
   for b in $BACKENDS_ARGS; do servers+="        server $b;"$'\n'; done
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes $workers;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
+  nginx_conf_head "$dir" "$workers"
+  cat >>"$dir/nginx.conf" <<EOF
     keepalive_requests 100000000;
     keepalive_timeout 300s;
     upstream backends {
@@ -293,7 +296,7 @@ $servers        keepalive 128;
     }
 }
 EOF
-  start_bg "$dir/logs/stdout.log" nginx -p "$dir" -e "$dir/logs/error.log" -c "$dir/nginx.conf" -g 'daemon off;'
+  run_nginx "$dir"
   SYS_PID[$name]=$STARTED_PID
   SYS_ADDR[$name]="127.0.0.1:$port"
   wait_http "http://127.0.0.1:$port/" "$STARTED_PID" "$dir/logs/error.log"
