@@ -86,15 +86,12 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
     })
 }
 
-/// The client's `X-Forwarded-For` lines joined with ", " (RFC 9110 field lines combine so), then
-/// the peer: nginx's `$proxy_add_x_forwarded_for`.
+/// The client's `X-Forwarded-For` list, then the peer: nginx's `$proxy_add_x_forwarded_for`.
 fn forwarded_for(req: &RequestHeader, peer: IpAddr) -> pingora::Result<HeaderValue> {
     let mut buf = BytesMut::with_capacity(48);
-    for prev in req.headers.get_all(&X_FORWARDED_FOR.key) {
-        if !prev.is_empty() {
-            buf.put_slice(prev.as_bytes());
-            buf.put_slice(b", ");
-        }
+    if let Some(prev) = joined_values(req, &X_FORWARDED_FOR.key).filter(|p| !p.is_empty()) {
+        buf.put_slice(prev.as_bytes());
+        buf.put_slice(b", ");
     }
     push_ip(&mut buf, peer);
     HeaderValue::from_maybe_shared(buf.freeze())
