@@ -50,6 +50,10 @@ impl AccessLog {
     /// Also starts the thread that hands over batches every `FLUSH_INTERVAL`; it holds a weak
     /// reference and ends with the log.
     pub fn new(sinks: Vec<NonBlocking>) -> Self {
+        Self::with_flush_interval(sinks, FLUSH_INTERVAL)
+    }
+
+    fn with_flush_interval(sinks: Vec<NonBlocking>, interval: Duration) -> Self {
         let batch = Arc::new(Batch {
             sinks,
             pending: Mutex::new(Vec::with_capacity(FLUSH_BYTES)),
@@ -58,7 +62,7 @@ impl AccessLog {
         let flusher = std::thread::Builder::new()
             .name("access-log-flush".into())
             .spawn(move || loop {
-                std::thread::sleep(FLUSH_INTERVAL);
+                std::thread::sleep(interval);
                 match weak.upgrade() {
                     Some(batch) => batch.flush(),
                     None => return,
@@ -179,6 +183,81 @@ fn rfc3339_now() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A writer that keeps what it is given, for a `NonBlocking` sink.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A log whose timer never fires during a test, its sink, and the sink's guard (dropping it
+    /// waits until the writer thread has written everything handed over).
+    fn quiet_log() -> (
+        AccessLog,
+        Capture,
+        tracing_appender::non_blocking::WorkerGuard,
+    ) {
+        let capture = Capture::default();
+        let (sink, guard) = tracing_appender::non_blocking(capture.clone());
+        let log = AccessLog::with_flush_interval(vec![sink], Duration::from_secs(3600));
+        (log, capture, guard)
+    }
+
+    fn line(i: usize) -> Vec<u8> {
+        format!("{{\"request_id\":\"line-{i:06}\"}}\n").into_bytes()
+    }
+
+    #[test]
+    fn lines_wait_for_a_flush_then_all_go_out_in_order() {
+        let (log, capture, guard) = quiet_log();
+        let lines: Vec<u8> = (0..3).flat_map(line).collect();
+        for i in 0..3 {
+            log.batch.push(&line(i));
+        }
+        assert_eq!(
+            log.batch.lock().len(),
+            lines.len(),
+            "handed over before a flush"
+        );
+        log.flush();
+        assert!(log.batch.lock().is_empty());
+        drop(guard);
+        assert_eq!(*capture.0.lock().unwrap(), lines);
+    }
+
+    #[test]
+    fn a_full_batch_goes_out_without_a_flush() {
+        let (log, capture, guard) = quiet_log();
+        let mut pushed = Vec::new();
+        let mut i = 0;
+        while pushed.len() < FLUSH_BYTES {
+            pushed.extend_from_slice(&line(i));
+            log.batch.push(&line(i));
+            i += 1;
+        }
+        assert!(log.batch.lock().is_empty(), "a full batch stayed pending");
+        drop(guard);
+        assert_eq!(*capture.0.lock().unwrap(), pushed);
+    }
+
+    #[test]
+    fn dropping_the_log_writes_what_is_pending() {
+        let (log, capture, guard) = quiet_log();
+        log.batch.push(&line(7));
+        drop(log);
+        drop(guard);
+        assert_eq!(*capture.0.lock().unwrap(), line(7));
+    }
+
     #[test]
     fn time_is_rfc3339() {
         let t = super::rfc3339_now();
