@@ -67,6 +67,20 @@ struct FileServer {
     upgrade_sock: String,
     /// PID file (written when daemonized).
     pid_file: String,
+    /// Idle downstream keep-alive connections are closed after this; 0 = no keep-alive.
+    keepalive_timeout_seconds: u64,
+    /// Requests served on one downstream connection before it is closed.
+    keepalive_requests: u32,
+    /// The whole request header must arrive within this.
+    header_timeout_ms: u64,
+    /// Longest gap between two reads of a request body.
+    body_timeout_ms: u64,
+    /// Downstream connections at once; the file descriptor limit is raised to fit.
+    max_connections: usize,
+    /// Downstream connections per client IP; 0 = no cap.
+    max_connections_per_client: usize,
+    /// After SIGTERM: `/ready` answers 503 while the listeners keep accepting this long.
+    drain_delay_seconds: u64,
 }
 
 impl Default for FileServer {
@@ -79,6 +93,13 @@ impl Default for FileServer {
             graceful_shutdown_timeout_seconds: 5,
             upgrade_sock: "/tmp/proxy-upgrade.sock".into(),
             pid_file: "/tmp/proxy.pid".into(),
+            keepalive_timeout_seconds: 60,
+            keepalive_requests: 1000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 10_000,
+            max_connections_per_client: 256,
+            drain_delay_seconds: 0,
         }
     }
 }
@@ -227,6 +248,15 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout_seconds: u64,
     pub upgrade_sock: String,
     pub pid_file: String,
+    /// `None`: keep-alive off.
+    pub keepalive_timeout: Option<Duration>,
+    pub keepalive_requests: NonZeroU32,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: NonZeroUsize,
+    /// 0 = no cap.
+    pub max_connections_per_client: usize,
+    pub drain_delay: Duration,
 }
 
 /// One configured backend: a host (IP literal or DNS name) and a port.
@@ -385,6 +415,9 @@ fn validate(file: FileConfig) -> Result<Settings, Invalid> {
     })
 }
 
+/// Upper bound of each shutdown-related duration.
+const MAX_SHUTDOWN_SECONDS: u64 = 3600;
+
 fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
     let listen_strings = s.listen.into_vec();
     if listen_strings.is_empty() {
@@ -403,6 +436,29 @@ fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
     if s.pid_file.trim().is_empty() {
         return Err(invalid("server.pid_file", "must be a path"));
     }
+    // Bounded so that sums of them (the drain budget) cannot overflow and a typo cannot make a
+    // shutdown hang for days.
+    for (key, secs) in [
+        ("server.grace_period_seconds", s.grace_period_seconds),
+        (
+            "server.graceful_shutdown_timeout_seconds",
+            s.graceful_shutdown_timeout_seconds,
+        ),
+        ("server.drain_delay_seconds", s.drain_delay_seconds),
+    ] {
+        if secs > MAX_SHUTDOWN_SECONDS {
+            return Err(invalid(
+                key,
+                format!("must be at most {MAX_SHUTDOWN_SECONDS} (one hour)"),
+            ));
+        }
+    }
+    if s.keepalive_timeout_seconds > 86_400 {
+        return Err(invalid(
+            "server.keepalive_timeout_seconds",
+            "must be at most 86400 (one day)",
+        ));
+    }
     Ok(ServerSettings {
         listen,
         threads: s.threads,
@@ -411,6 +467,16 @@ fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
         graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
         upgrade_sock: s.upgrade_sock,
         pid_file: s.pid_file,
+        keepalive_timeout: (s.keepalive_timeout_seconds > 0)
+            .then(|| Duration::from_secs(s.keepalive_timeout_seconds)),
+        keepalive_requests: NonZeroU32::new(s.keepalive_requests)
+            .ok_or_else(|| invalid("server.keepalive_requests", "must be at least 1"))?,
+        header_timeout: positive_ms("server.header_timeout_ms", s.header_timeout_ms)?,
+        body_timeout: positive_ms("server.body_timeout_ms", s.body_timeout_ms)?,
+        max_connections: NonZeroUsize::new(s.max_connections)
+            .ok_or_else(|| invalid("server.max_connections", "must be at least 1"))?,
+        max_connections_per_client: s.max_connections_per_client,
+        drain_delay: Duration::from_secs(s.drain_delay_seconds),
     })
 }
 
