@@ -2,24 +2,44 @@
 //! - `GET /metrics`: Prometheus text format
 //! - `GET /health`: 200 while the process runs (liveness)
 //! - `GET /ready`: 200 when a backend is healthy and we are not draining, else 503 (readiness)
+//!
+//! It is served apart from Pingora's listening services on purpose: Pingora closes every
+//! listener of its own the moment shutdown begins, and a load balancer must be able to *see*
+//! the drain (`/ready` answering 503 on new probes) for as long as it lasts. It is also bound
+//! before anything starts (a busy port stops the process at once), caps its own connections,
+//! and so stays reachable while the proxy listener is saturated.
 
+use std::net::TcpListener as StdListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::{Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
-use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use crate::state::LiveState;
 
+/// Admin connections served at once; more are closed at accept. Scrapers and probes need a few.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// A probe's request header must arrive within this.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin endpoints answer from.
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
-    /// Set once graceful shutdown begins.
+    /// Set once graceful shutdown begins (SIGTERM, or an upgrade hand-over).
     pub draining: Arc<AtomicBool>,
     pub live: LiveState,
 }
@@ -33,13 +53,10 @@ impl AdminApp {
             .filter(|b| backends.ready(b))
             .count()
     }
-}
 
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_owned();
-        match path.as_str() {
+    /// The answer for `path`.
+    pub fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+        match path {
             "/metrics" => {
                 let clients = self
                     .live
@@ -79,14 +96,97 @@ impl ServeHttp for AdminApp {
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let len = body.len();
-    let mut resp = Response::new(body);
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    if let Ok(v) = http::HeaderValue::from_str(content_type) {
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    resp.headers_mut()
-        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     resp
+}
+
+/// Binds the admin address. `SO_REUSEPORT` lets the process started with `-u` bind the same
+/// address while the old one still serves it (Pingora hands over only its own listeners); a
+/// fresh start first checks that nothing at all holds the port.
+pub fn bind(addr: std::net::SocketAddr, upgrade: bool) -> std::io::Result<StdListener> {
+    use socket2::{Domain, Socket, Type};
+    let new_socket = || -> std::io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        Ok(socket)
+    };
+    if !upgrade {
+        // Without SO_REUSEPORT this fails when anything (another gateway too) listens there.
+        new_socket()?.bind(&addr.into())?;
+    }
+    let socket = new_socket()?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Serves the admin endpoints on a listener bound at start, until the process exits: it does
+/// not stop when shutdown begins.
+pub struct AdminServer {
+    listener: Mutex<Option<StdListener>>,
+    app: Arc<AdminApp>,
+}
+
+impl AdminServer {
+    pub fn new(listener: StdListener, app: AdminApp) -> Self {
+        Self {
+            listener: Mutex::new(Some(listener)),
+            app: Arc::new(app),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminServer {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let taken = self.listener.lock().ok().and_then(|mut l| l.take());
+        let Some(listener) = taken else { return };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener unusable");
+                return;
+            }
+        };
+        let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "admin connection closed: too many open");
+                continue;
+            };
+            let app = self.app.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let resp = app.respond(req.uri().path());
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "admin connection ended");
+                }
+            });
+        }
+    }
 }

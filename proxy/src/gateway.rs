@@ -15,11 +15,13 @@ use pingora::lb::LoadBalancer;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyWarnLogContext, Session};
+use pingora::ErrorSource;
 use pingora_limits::inflight::Inflight;
 
 use crate::access_log::AccessLog;
 use crate::client_ip::{client_ip, in_any};
 use crate::context::{InflightGuard, RequestCtx};
+use crate::downstream::ConnectionContext;
 use crate::headers::{self, X_FORWARDED_FOR};
 use crate::metrics::Metrics;
 use crate::panic_guard;
@@ -110,6 +112,11 @@ impl Gateway {
                 "upstream attempt failed; retrying on another backend"
             );
         }
+    }
+
+    /// Counts a failed upstream attempt in `gateway_upstream_errors_total`.
+    fn count_upstream_error(&self, ctx: &RequestCtx, kind: &str) {
+        self.metrics.upstream_error(ctx.backend_label(), kind);
     }
 
     /// Answers 429 with the rate-limit headers and JSON body.
@@ -214,6 +221,19 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(self.live.load_full())
     }
 
+    fn on_connection_reuse(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+        connection: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        // Called right after each request header is read, with the context DownstreamApp gave
+        // the connection (not only on reuse: it hands one to every request).
+        if let Some(connection) = connection.downcast_ref::<ConnectionContext>() {
+            connection.on_header_read(session);
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
         let answered = panic_guard::catch(self.admit(session, ctx))
@@ -299,6 +319,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        self.count_upstream_error(ctx, "connect");
         // Nothing reached the backend: any method may go elsewhere.
         self.decide_retry(&mut e, ctx, true);
         e
@@ -313,6 +334,21 @@ impl ProxyHttp for Gateway {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // Only the backend's faults are retried (and counted against it): a client that went
+        // away mid-body or sent a request Pingora refuses to forward is not the backend's
+        // failure, and sending it elsewhere would repeat a partial or refused request.
+        if *e.esource() != ErrorSource::Upstream {
+            e.set_retry(false);
+            return e;
+        }
+        let kind = if session.response_written().is_some() {
+            "truncated"
+        } else if matches!(e.etype(), ReadTimedout | WriteTimedout) {
+            "timeout"
+        } else {
+            "reset"
+        };
+        self.count_upstream_error(ctx, kind);
         // Retry only what is safe to send twice and what the client has not seen any of; a
         // timeout means the backend may still be working on it, so it is not retried.
         let retryable = session.req_header().method.is_idempotent()
@@ -333,6 +369,9 @@ impl ProxyHttp for Gateway {
         Self::CTX: Send + Sync,
     {
         let (status, message) = classify(e);
+        if status == 408 {
+            self.metrics.body_timeouts.inc();
+        }
         if status == 0 {
             tracing::debug!(request_id = ctx.request_id(), cause = %e, "client went away");
         } else if status >= 500 {

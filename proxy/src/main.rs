@@ -8,6 +8,7 @@ mod client_ip;
 mod config;
 mod config_locate;
 mod context;
+mod downstream;
 mod gateway;
 mod header_edit;
 mod headers;
@@ -19,13 +20,14 @@ mod rate_limit;
 mod reload;
 mod responses;
 mod server;
+mod signals;
+mod startup;
 mod state;
 mod upstream;
 
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use pingora::server::RunArgs;
 
 /// mimalloc: markedly fewer instructions per allocation than glibc's malloc on the request path
 /// (Pingora allocates per header); see README "Performance".
@@ -33,40 +35,63 @@ use pingora::server::RunArgs;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // First, before anything else can take time: a SIGHUP during start-up must not kill us.
+    let pending_reload = match signals::PendingReload::install() {
+        Ok(p) => p,
+        Err(e) => fail(&format!("cannot install the SIGHUP handler: {e}")),
+    };
     let cli = cli::Cli::parse();
     let settings = match config::load_config(&cli.config) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("proxy: configuration error: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => fail(&format!("configuration error: {e}")),
+    };
+    let fd_warning = match startup::raise_fd_limit(&settings) {
+        Ok(w) => w,
+        Err(e) => fail(&e),
     };
     if cli.test {
         println!("{}: configuration OK", cli.config.display());
         return;
     }
+    // An upgrade takes the listening sockets over from the running process instead.
+    if !cli.upgrade {
+        if let Err(e) = startup::check_listen(&settings) {
+            fail(&e);
+        }
+    }
+    let admin = settings.admin.listen;
+    let admin_listener = match admin::bind(admin, cli.upgrade) {
+        Ok(l) => l,
+        Err(e) => fail(&format!("admin.listen {admin}: {}", startup::describe(&e))),
+    };
+    if cli.daemon {
+        if let Err(e) = startup::daemonize(&settings.server.pid_file) {
+            fail(&e);
+        }
+    }
+    startup::exit_on_listener_failure();
     let (guards, access_log) = match logging::init(&settings.log) {
         Ok(g) => g,
-        Err(e) => {
-            eprintln!("proxy: cannot set up logging: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => fail(&format!("cannot set up logging: {e}")),
     };
+    if let Some(warning) = fd_warning {
+        tracing::warn!("{warning}");
+    }
     let listen: Vec<String> = settings
         .server
         .listen
         .iter()
         .map(|a| a.to_string())
         .collect();
-    let admin = settings.admin.listen;
     let guards = Arc::new(Mutex::new(Some(guards)));
     let run = server::RunOptions {
         upgrade: cli.upgrade,
-        daemon: cli.daemon,
+        admin_listener,
+        pending_reload,
         log_guards: guards.clone(),
         access_log: access_log.clone(),
     };
-    let server = match server::build(settings, &cli.config, run) {
+    let (server, run_args) = match server::build(settings, &cli.config, run) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -75,8 +100,14 @@ fn main() {
         }
     };
     tracing::info!(listen = ?listen, admin = %admin, config = %cli.config.display(), "proxy starting");
-    server.run(RunArgs::default());
+    server.run(run_args);
     tracing::info!("proxy stopped");
     access_log.flush();
     drop(guards);
+}
+
+/// One line on stderr and exit 1: nothing has started yet.
+fn fail(message: &str) -> ! {
+    eprintln!("proxy: {message}");
+    std::process::exit(1);
 }

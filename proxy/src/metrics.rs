@@ -35,6 +35,13 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// Clients the rate limiter keeps state for, set at scrape time.
     pub rate_limit_clients: IntGauge,
+    pub downstream_connections: IntGauge,
+    rejected_connections: IntCounterVec,
+    /// Connections closed because the request header did not arrive in time.
+    pub header_timeouts: IntCounter,
+    /// Requests whose body stalled longer than `server.body_timeout_ms` (answered 408).
+    pub body_timeouts: IntCounter,
+    upstream_errors: IntCounterVec,
     none: Arc<BackendMetrics>,
     /// Handles of configured backends by label, so rediscovery keeps health-driven values.
     backends: Mutex<HashMap<String, Arc<BackendMetrics>>>,
@@ -111,6 +118,35 @@ impl Metrics {
             "gateway_rate_limit_clients",
             "Clients the rate limiter keeps exact state for (bounded by rate_limit.max_clients)",
         )?;
+        let downstream_connections = IntGauge::new(
+            "gateway_downstream_connections",
+            "Open downstream (client) connections",
+        )?;
+        let rejected_connections = IntCounterVec::new(
+            Opts::new(
+                "gateway_downstream_connections_rejected_total",
+                "Downstream connections closed at accept, by the cap they were over",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["max_connections", "per_client"] {
+            rejected_connections.with_label_values(&[reason]);
+        }
+        let header_timeouts = IntCounter::new(
+            "gateway_downstream_header_timeouts_total",
+            "Connections closed because a request header was not complete within server.header_timeout_ms",
+        )?;
+        let body_timeouts = IntCounter::new(
+            "gateway_downstream_body_timeouts_total",
+            "Requests answered 408 because the body stalled longer than server.body_timeout_ms",
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_errors_total",
+                "Failed upstream attempts by backend and kind (connect, timeout, reset, truncated)",
+            ),
+            &["backend", "kind"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("gateway_build_info", "Build information; always 1"),
             &["version"],
@@ -132,6 +168,11 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(rate_limit_clients.clone()))?;
+        registry.register(Box::new(downstream_connections.clone()))?;
+        registry.register(Box::new(rejected_connections.clone()))?;
+        registry.register(Box::new(header_timeouts.clone()))?;
+        registry.register(Box::new(body_timeouts.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -160,6 +201,11 @@ impl Metrics {
             reloads,
             inflight,
             rate_limit_clients,
+            downstream_connections,
+            rejected_connections,
+            header_timeouts,
+            body_timeouts,
+            upstream_errors,
             none,
             backends: Mutex::new(HashMap::new()),
         })
@@ -193,6 +239,18 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .get(label)
             .cloned()
+    }
+
+    /// Counts a downstream connection closed at accept (`reason`: the cap it was over).
+    pub fn connection_rejected(&self, reason: &str) {
+        self.rejected_connections.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a failed upstream attempt (rare: the labelled lookup is fine here).
+    pub fn upstream_error(&self, backend: &str, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[backend, kind])
+            .inc();
     }
 
     /// Handles for requests no backend answered.

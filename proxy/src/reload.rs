@@ -14,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{load_config, Settings};
 use crate::metrics::Metrics;
+use crate::signals::PendingReload;
 use crate::state::{Live, LiveState};
 use crate::upstream::ConfiguredBackends;
 
@@ -22,6 +23,8 @@ pub struct Reloader {
     pub live: LiveState,
     pub backends: Arc<ConfiguredBackends>,
     pub metrics: Arc<Metrics>,
+    /// SIGHUPs caught since `main` began, before this service listened.
+    pub pending: PendingReload,
 }
 
 impl Reloader {
@@ -135,9 +138,14 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        if self.pending.take() {
+            tracing::info!(path = %self.path.display(), "SIGHUP arrived during start-up: reloading config now");
+            self.reload().await;
+        }
         loop {
             tokio::select! {
                 _ = hup.recv() => {
+                    self.pending.take();
                     tracing::info!(path = %self.path.display(), "SIGHUP: reloading config");
                     self.reload().await;
                 }

@@ -1,7 +1,8 @@
 //! Assembles the Pingora server from validated settings: the proxy service on every listen
-//! address, the balancer with its health checks, the admin listener, the reload and drain
-//! watchers.
+//! address (started once the first discovery has filled the balancer), the balancer with its
+//! health checks, the admin listener, the reload and drain watchers, and the shutdown signals.
 
+use std::net::TcpListener as StdListener;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,16 +11,18 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use pingora::prelude::{background_service, Opt};
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use crate::access_log::AccessLog;
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, AdminServer};
 use crate::config::Settings;
+use crate::downstream::{ConnectionBounds, DownstreamApp};
 use crate::gateway::Gateway;
 use crate::lifecycle::{DrainWatcher, SharedLogGuards};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::signals::{PendingReload, ShutdownSignals};
 use crate::state::Live;
 use crate::upstream::{build_balancer, ConfiguredBackends, SystemResolver};
 
@@ -30,7 +33,10 @@ const PINGORA_MAX_ATTEMPTS: usize = 16;
 /// How Pingora itself is run.
 pub struct RunOptions {
     pub upgrade: bool,
-    pub daemon: bool,
+    /// The admin listener, bound before anything started.
+    pub admin_listener: StdListener,
+    /// A SIGHUP caught before the reloader runs.
+    pub pending_reload: PendingReload,
     /// Flushed by the drain watcher when it ends the process early.
     pub log_guards: SharedLogGuards,
     pub access_log: AccessLog,
@@ -42,11 +48,13 @@ fn drain_budget(settings: &Settings) -> Duration {
     Duration::from_secs(s.grace_period_seconds + s.graceful_shutdown_timeout_seconds)
 }
 
-fn server_conf(settings: &Settings, daemon: bool) -> ServerConf {
+fn server_conf(settings: &Settings) -> ServerConf {
     let s = &settings.server;
     ServerConf {
         version: 1,
-        daemon,
+        // `-d` forks in main, before any thread exists (Pingora would fork after its own and
+        // our threads started, and they would not exist in the child).
+        daemon: false,
         threads: s.threads,
         work_stealing: s.work_stealing,
         // Requests keep running through Pingora's grace period only (its runtime shutdown
@@ -61,20 +69,20 @@ fn server_conf(settings: &Settings, daemon: bool) -> ServerConf {
     }
 }
 
-/// Builds the bootstrapped server with every service added, ready to run.
+/// Builds the bootstrapped server with every service added, and the signals to run it with.
 pub fn build(
     settings: Settings,
     config_path: &Path,
     run: RunOptions,
-) -> Result<Server, Box<dyn std::error::Error>> {
+) -> Result<(Server, RunArgs), Box<dyn std::error::Error>> {
     let opt = Opt {
         upgrade: run.upgrade,
-        daemon: run.daemon,
+        daemon: false,
         nocapture: false,
         test: false,
         conf: None,
     };
-    let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf(&settings, run.daemon));
+    let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf(&settings));
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
@@ -99,23 +107,30 @@ pub fn build(
         metrics.clone(),
         run.access_log.clone(),
     );
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    let http = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let downstream = DownstreamApp::new(
+        http,
+        ConnectionBounds::from_settings(&settings.server),
+        metrics.clone(),
+        live.clone(),
+    );
+    let mut proxy = Service::new("gateway".to_owned(), downstream);
     for addr in &settings.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
 
-    let mut admin = Service::new(
-        "admin".to_owned(),
-        AdminApp {
-            metrics: metrics.clone(),
-            lb,
-            draining: draining.clone(),
-            live: live.clone(),
-        },
+    let admin = background_service(
+        "admin",
+        AdminServer::new(
+            run.admin_listener,
+            AdminApp {
+                metrics: metrics.clone(),
+                lb,
+                draining: draining.clone(),
+                live: live.clone(),
+            },
+        ),
     );
-    admin.add_tcp(&settings.admin.listen.to_string());
-    admin.threads = Some(1);
 
     let reloader = background_service(
         "config reload",
@@ -124,12 +139,13 @@ pub fn build(
             live,
             backends,
             metrics: metrics.clone(),
+            pending: run.pending_reload,
         },
     );
     let drain = background_service(
         "drain watcher",
         DrainWatcher {
-            draining,
+            draining: draining.clone(),
             metrics: metrics.clone(),
             budget: drain_budget(&settings),
             log_guards: run.log_guards,
@@ -137,10 +153,21 @@ pub fn build(
         },
     );
 
-    server.add_service(balancer);
-    server.add_service(proxy);
     server.add_service(admin);
+    let upstream = server.add_service(balancer);
+    // No request is accepted before discovery has filled the balancer (host names resolved).
+    let proxy = server.add_service(proxy);
+    proxy.add_dependency(&upstream);
     server.add_service(reloader);
     server.add_service(drain);
-    Ok(server)
+    let signals = ShutdownSignals {
+        draining,
+        drain_delay: settings.server.drain_delay,
+    };
+    Ok((
+        server,
+        RunArgs {
+            shutdown_signal: Box::new(signals),
+        },
+    ))
 }

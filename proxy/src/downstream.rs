@@ -1,0 +1,351 @@
+//! Downstream connections, bounded: how many at once (in total and per client), how long one
+//! may sit idle, how many requests it may carry, and how long a request header may take.
+//!
+//! Pingora's own HTTP/1 loop keeps a kept-alive connection forever (after the first request it
+//! switches the idle wait to "infinite"), has no whole-header deadline (its read timeout is per
+//! read, so a header trickled a byte at a time is never cut), and counts no connections. So the
+//! proxy service runs [`DownstreamApp`]: the same keep-alive loop as Pingora's
+//! `impl ServerApp for HttpServerApp`, with those bounds added around Pingora's request
+//! processing ([`HttpProxy::process_new_http`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::prelude::fast_timeout::fast_sleep;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+
+use crate::client_ip::in_any;
+use crate::config::ServerSettings;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::rate_limit::ClientKey;
+use crate::state::LiveState;
+
+/// The per-connection bounds, from `[server]` (fixed for the process's life).
+#[derive(Debug, Clone)]
+pub struct ConnectionBounds {
+    /// `None`: no keep-alive.
+    pub keepalive_timeout: Option<Duration>,
+    pub keepalive_requests: u32,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    /// 0 = no cap.
+    pub max_per_client: usize,
+}
+
+impl ConnectionBounds {
+    pub fn from_settings(s: &ServerSettings) -> Self {
+        Self {
+            keepalive_timeout: s.keepalive_timeout,
+            keepalive_requests: s.keepalive_requests.get(),
+            header_timeout: s.header_timeout,
+            body_timeout: s.body_timeout,
+            max_connections: s.max_connections.get(),
+            max_per_client: s.max_connections_per_client,
+        }
+    }
+}
+
+/// Why a connection was closed at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    MaxConnections,
+    PerClient,
+}
+
+impl Rejected {
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejected::MaxConnections => "max_connections",
+            Rejected::PerClient => "per_client",
+        }
+    }
+}
+
+/// Open downstream connections, in total and per client. A connection holds a [`Slot`].
+#[derive(Default)]
+pub struct ConnectionTable {
+    total: AtomicUsize,
+    /// Connections per client key; entries at 0 are removed, so the map holds only clients
+    /// with an open connection (bounded by `max_connections`).
+    per_client: Mutex<HashMap<ClientKey, usize>>,
+}
+
+/// One admitted connection; dropping it gives the place back.
+pub struct Slot {
+    table: Arc<ConnectionTable>,
+    client: Option<ClientKey>,
+}
+
+impl ConnectionTable {
+    /// Admits a connection from `client` (`None`: not subject to the per-client cap) or says
+    /// which cap it is over.
+    pub fn admit(
+        self: &Arc<Self>,
+        client: Option<ClientKey>,
+        max_total: usize,
+        max_per_client: usize,
+    ) -> Result<Slot, Rejected> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Rejected::MaxConnections);
+        }
+        let client = client.filter(|_| max_per_client > 0);
+        if let Some(key) = client {
+            let mut map = lock(&self.per_client);
+            let count = map.entry(key).or_insert(0);
+            if *count >= max_per_client {
+                drop(map);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err(Rejected::PerClient);
+            }
+            *count += 1;
+        }
+        Ok(Slot {
+            table: self.clone(),
+            client,
+        })
+    }
+
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(key) = self.client {
+            let mut map = lock(&self.table.per_client);
+            if let Some(count) = map.get_mut(&key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        self.table.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A plain counter map: nothing is left half-updated by a panic elsewhere.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Handed to each request as its connection context: the gateway marks the request header as
+/// read (in `on_connection_reuse`, which Pingora calls right after the header is parsed) and
+/// applies the connection's keep-alive and body-read bounds to the session.
+pub struct ConnectionContext {
+    pub header_read: Arc<AtomicBool>,
+    pub keepalive_secs: Option<u64>,
+    pub body_timeout: Duration,
+}
+
+impl ConnectionContext {
+    /// Applies the bounds to a session whose request header has just been read.
+    pub fn on_header_read(&self, session: &mut ServerSession) {
+        self.header_read.store(true, Ordering::Release);
+        // Pingora turns keep-alive to "no idle limit" once it has read a request that allows
+        // it; bound it (unless the client asked to close, or shutdown turned it off).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(self.keepalive_secs);
+        }
+        session.set_read_timeout(Some(self.body_timeout));
+    }
+}
+
+/// The proxy service's connection handler: bounds around Pingora's HTTP processing.
+pub struct DownstreamApp {
+    proxy: Arc<HttpProxy<Gateway>>,
+    bounds: ConnectionBounds,
+    table: Arc<ConnectionTable>,
+    metrics: Arc<Metrics>,
+    live: LiveState,
+}
+
+impl DownstreamApp {
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        bounds: ConnectionBounds,
+        metrics: Arc<Metrics>,
+        live: LiveState,
+    ) -> Self {
+        Self {
+            proxy: Arc::new(proxy),
+            bounds,
+            table: Arc::new(ConnectionTable::default()),
+            metrics,
+            live,
+        }
+    }
+
+    /// The per-client key of the connection's peer, or `None` when the peer is exempt from the
+    /// per-client cap (a trusted proxy in front carries many clients; exempt addresses are
+    /// never limited).
+    fn client_key(&self, stream: &Stream) -> Option<ClientKey> {
+        let digest = stream.get_socket_digest()?;
+        let ip: IpAddr = digest.peer_addr()?.as_inet()?.ip();
+        let live = self.live.load();
+        let rl = &live.settings.rate_limit;
+        if in_any(&rl.trusted_proxies, ip) || in_any(&rl.exempt, ip) {
+            return None;
+        }
+        Some(ClientKey::from_ip(ip))
+    }
+
+    /// Serves HTTP/1.x requests on one connection until it closes or a bound is reached.
+    async fn serve_http1(&self, stream: Stream, accepted: Instant, shutdown: &ShutdownWatch) {
+        let header_read = Arc::new(AtomicBool::new(false));
+        let keepalive_secs = self.bounds.keepalive_timeout.map(|d| d.as_secs());
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            keepalive_secs
+        });
+        // Pingora counts reuses, so N requests are N - 1 reuses.
+        session.set_keepalive_reuses_remaining(Some(self.bounds.keepalive_requests - 1));
+        session.set_pipelining_enabled(true);
+        // The first header is due `header_timeout` after accept; a later one within the idle
+        // allowance plus `header_timeout` after the previous response.
+        let mut deadline = accepted + self.bounds.header_timeout;
+        loop {
+            header_read.store(false, Ordering::Release);
+            session.set_connection_user_context(Some(Box::new(ConnectionContext {
+                header_read: header_read.clone(),
+                keepalive_secs,
+                body_timeout: self.bounds.body_timeout,
+            })));
+            let processing = self.proxy.process_new_http(session, shutdown);
+            tokio::pin!(processing);
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let reused = tokio::select! {
+                biased;
+                reused = &mut processing => reused,
+                _ = fast_sleep(wait) => {
+                    if header_read.load(Ordering::Acquire) {
+                        processing.await
+                    } else {
+                        self.metrics.header_timeouts.inc();
+                        tracing::debug!("request header not complete within server.header_timeout_ms; closing");
+                        return; // dropping the session closes the connection
+                    }
+                }
+            };
+            let Some(reused) = reused else { return };
+            let (stream, persistent) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(persistent) = persistent {
+                persistent.apply_to_session(&mut session);
+            }
+            deadline = Instant::now()
+                + self.bounds.keepalive_timeout.unwrap_or_default()
+                + self.bounds.header_timeout;
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for DownstreamApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let accepted = Instant::now();
+        let client = self.client_key(&stream);
+        let _slot = match self.table.admit(
+            client,
+            self.bounds.max_connections,
+            self.bounds.max_per_client,
+        ) {
+            Ok(slot) => slot,
+            Err(why) => {
+                self.metrics.connection_rejected(why.label());
+                tracing::debug!(reason = why.label(), client = ?client.map(|c| c.to_string()), "connection closed at accept");
+                return None;
+            }
+        };
+        self.metrics.downstream_connections.inc();
+        let _open = GaugeGuard(&self.metrics);
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 has its own stream and idle handling in Pingora.
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        self.serve_http1(stream, accepted, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        // Wakes kept-alive connections waiting for a request, so shutdown closes them.
+        self.proxy.http_cleanup().await;
+    }
+}
+
+/// Decrements `gateway_downstream_connections` when the connection ends, on every path.
+struct GaugeGuard<'a>(&'a Metrics);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.downstream_connections.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> Option<ClientKey> {
+        Some(ClientKey::from_ip(s.parse().unwrap()))
+    }
+
+    #[test]
+    fn per_client_cap_closes_the_excess_and_frees_on_drop() {
+        let table = Arc::new(ConnectionTable::default());
+        let a: Vec<_> = (0..3)
+            .map(|_| table.admit(key("127.0.0.2"), 10, 3).unwrap())
+            .collect();
+        assert_eq!(
+            table.admit(key("127.0.0.2"), 10, 3).err(),
+            Some(Rejected::PerClient)
+        );
+        // Another client is not affected, nor is an exempt one.
+        let b = table.admit(key("127.0.0.3"), 10, 3).unwrap();
+        let c = table.admit(None, 10, 3).unwrap();
+        assert_eq!(table.open(), 5);
+        drop(a);
+        assert_eq!(table.open(), 2);
+        assert!(table.admit(key("127.0.0.2"), 10, 3).is_ok());
+        drop((b, c));
+        assert_eq!(lock(&table.per_client).len(), 0, "no entries left behind");
+    }
+
+    #[test]
+    fn total_cap_applies_to_everyone() {
+        let table = Arc::new(ConnectionTable::default());
+        let held: Vec<_> = (0..4)
+            .map(|i| {
+                table
+                    .admit(key(&format!("127.0.0.{}", i + 2)), 4, 0)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            table.admit(None, 4, 0).err(),
+            Some(Rejected::MaxConnections)
+        );
+        assert_eq!(table.open(), 4, "a refused connection is not counted");
+        drop(held);
+        assert_eq!(table.open(), 0);
+    }
+}
