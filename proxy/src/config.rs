@@ -553,25 +553,78 @@ fn validate_rate_limit(r: FileRateLimit) -> Result<RateLimitSettings, Invalid> {
 }
 
 fn validate_log(l: FileLog) -> Result<LogSettings, Invalid> {
-    if tracing_subscriber::EnvFilter::try_new(&l.level).is_err() {
-        return Err(invalid(
+    let level = log_filter(&l.level).map_err(|why| {
+        invalid(
             "log.level",
             format!(
-                "\"{}\" is not a level (error, warn, info, debug, trace) or filter",
-                l.level
+                "{why}; expected a level ({}, any case) or directives like \"info,proxy=debug\"",
+                LOG_LEVELS.join(", ")
             ),
-        ));
-    }
+        )
+    })?;
     if let Some(file) = &l.file {
         if file.as_os_str().is_empty() || file.file_name().is_none() {
             return Err(invalid("log.file", "must name a file"));
         }
     }
     Ok(LogSettings {
-        level: l.level,
+        level,
         file: l.file,
         access_log: l.access_log,
     })
+}
+
+/// The levels `log.level` accepts, alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+fn is_log_level(s: &str) -> bool {
+    LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s))
+}
+
+/// `log.level` as a filter `tracing` reads the way it was meant, or why it is not one.
+///
+/// `EnvFilter` takes any bare word as a target name (`"loud"` would silence every line) and
+/// `target=` as `trace`, so each comma-separated directive must be a level or
+/// `target[span{field=value}]=level`. Blanks around directives and `=` are dropped: `EnvFilter`
+/// would read them into the target name.
+fn log_filter(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("the value is empty".into());
+    }
+    let mut directives = Vec::new();
+    for directive in raw.split(',').map(str::trim) {
+        if directive.is_empty() {
+            return Err(format!(
+                "\"{raw}\" has an empty directive (two commas, or one at an end)"
+            ));
+        }
+        if is_log_level(directive) {
+            directives.push(directive.to_owned());
+            continue;
+        }
+        // The level follows the last `=` outside `[span{field=value}]`.
+        let (selector, level) = match directive.rsplit_once('=') {
+            Some((selector, level)) if !level.contains([']', '}']) => {
+                (selector.trim(), level.trim())
+            }
+            _ => {
+                return Err(format!(
+                    "\"{directive}\" is neither a level nor target=level (a bare word would be read as a target name and every other line dropped)"
+                ))
+            }
+        };
+        if selector.is_empty() {
+            return Err(format!("\"{directive}\" has no target before \"=\""));
+        }
+        if !is_log_level(level) {
+            return Err(format!("in \"{directive}\", \"{level}\" is not a level"));
+        }
+        directives.push(format!("{selector}={level}"));
+    }
+    let filter = directives.join(",");
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| format!("\"{filter}\" is not a filter: {e}"))?;
+    Ok(filter)
 }
 
 fn validate_headers(
@@ -771,6 +824,65 @@ mod tests {
             "{MINIMAL}[headers]\nresponse = {{ \"bad name\" = \"x\" }}\n"
         ));
         assert!(e.contains("headers.response"), "{e}");
+    }
+
+    fn log_level(level: &str) -> Result<String, String> {
+        let text = format!("{MINIMAL}[log]\nlevel = \"{level}\"\n");
+        parse_config(&text, "test.toml")
+            .map(|s| s.log.level)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn log_level_takes_levels_in_any_case_and_filter_directives() {
+        for level in [
+            "error", "warn", "info", "debug", "trace", "off", "INFO", "Warn",
+        ] {
+            assert_eq!(log_level(level).unwrap(), level);
+        }
+        for filter in [
+            "info,proxy=debug",
+            "warn,pingora_core::listeners=off",
+            "proxy[request{method=GET}]=trace",
+            "[request]=debug",
+            "proxy=DEBUG",
+        ] {
+            assert_eq!(log_level(filter).unwrap(), filter);
+        }
+        // Blanks that EnvFilter would read into a target name are dropped.
+        assert_eq!(
+            log_level(" warn , proxy = debug ").unwrap(),
+            "warn,proxy=debug"
+        );
+    }
+
+    #[test]
+    fn log_level_rejects_words_that_are_not_levels() {
+        for bad in [
+            "loud",
+            "verbose",
+            "",
+            "  ",
+            "info,",
+            "info,,debug",
+            "proxy",
+            "info,proxy",
+            "proxy=loud",
+            "proxy=",
+            "=debug",
+            "proxy[span{a=b}]",
+            "3",
+        ] {
+            let e = log_level(bad).expect_err(bad);
+            assert!(e.starts_with("test.toml:4:"), "{bad}: {e}");
+            assert!(e.contains("log.level"), "{bad}: {e}");
+            assert!(
+                e.contains("error, warn, info, debug, trace, off"),
+                "{bad}: {e}"
+            );
+        }
+        let e = log_level("proxy=loud").unwrap_err();
+        assert!(e.contains("\"loud\" is not a level"), "{e}");
     }
 
     #[test]

@@ -191,3 +191,24 @@ async fn bad_config_at_start_exits_1_before_listening() {
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn log_level_that_is_not_a_level() {
+    for bad in ["loud", "verbose", "", "info,proxy=loud"] {
+        assert_rejected(
+            &format!("{OK_UPSTREAM}[log]\nlevel = \"{bad}\"\n"),
+            "log.level",
+            4,
+        );
+    }
+    let (code, out, _, _dir) = check(&format!("{OK_UPSTREAM}[log]\nlevel = \"loud\"\n"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error, warn, info, debug, trace, off"),
+        "{out}"
+    );
+    let (code, out, _, _dir) = check(&format!(
+        "{OK_UPSTREAM}[log]\nlevel = \"WARN,proxy=debug\"\n"
+    ));
+    assert_eq!(code, 0, "{out}");
+}
