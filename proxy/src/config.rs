@@ -636,6 +636,14 @@ fn validate_headers(
         .map(|(name, value)| {
             let parsed = Name::parse(&name)
                 .ok_or_else(|| invalid(key, format!("\"{name}\" is not a valid header name")))?;
+            if is_managed_header(parsed.key.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "\"{name}\" cannot be set here: framing/hop-by-hop header managed by the proxy"
+                    ),
+                ));
+            }
             let value = HeaderValue::from_str(&value).map_err(|_| {
                 invalid(
                     key,
@@ -648,6 +656,23 @@ fn validate_headers(
             })
         })
         .collect()
+}
+
+/// Framing and hop-by-hop fields (RFC 9110 7.6.1, 9112 6) that Pingora and the proxy write
+/// themselves; a configured value would contradict the real body or connection and stall the
+/// exchange. `name` is lower case.
+fn is_managed_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "upgrade"
+            | "te"
+            | "keep-alive"
+            | "trailer"
+    ) || name.starts_with("proxy-")
 }
 
 fn parse_socket_addr(key: &str, raw: &str) -> Result<SocketAddr, Invalid> {
@@ -883,6 +908,44 @@ mod tests {
         }
         let e = log_level("proxy=loud").unwrap_err();
         assert!(e.contains("\"loud\" is not a level"), "{e}");
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_headers_cannot_be_configured() {
+        for table in ["request", "response"] {
+            for name in [
+                "Host",
+                "content-length",
+                "Transfer-Encoding",
+                "CONNECTION",
+                "Upgrade",
+                "TE",
+                "Keep-Alive",
+                "Trailer",
+                "Proxy-Authorization",
+                "proxy-connection",
+            ] {
+                let e = err(&format!(
+                    "{MINIMAL}[headers]\n{table} = {{ \"{name}\" = \"x\" }}\n"
+                ));
+                assert!(e.starts_with("test.toml:4:"), "{e}");
+                assert!(e.contains(&format!("headers.{table}: ")), "{e}");
+                assert!(e.contains(&format!("\"{name}\"")), "{e}");
+                assert!(
+                    e.contains("framing/hop-by-hop header managed by the proxy"),
+                    "{e}"
+                );
+            }
+        }
+        // Look-alikes stay allowed.
+        let s = parse_config(
+            &format!(
+                "{MINIMAL}[headers.request]\nX-Host = \"a\"\nTE-Info = \"b\"\nProxied-By = \"c\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(s.headers.request.len(), 3);
     }
 
     #[test]

@@ -212,3 +212,24 @@ fn log_level_that_is_not_a_level() {
     ));
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn framing_header_in_headers_tables() {
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[headers.request]\nX-Env = \"prod\"\ncontent-length = \"0\"\n"),
+        "headers.request",
+        3,
+    );
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[headers]\nresponse = {{ Proxy-Connection = \"close\" }}\n"),
+        "headers.response",
+        4,
+    );
+    let (_, out, _, _dir) = check(&format!(
+        "{OK_UPSTREAM}[headers.response]\nTransfer-Encoding = \"chunked\"\n"
+    ));
+    assert!(
+        out.contains("\"Transfer-Encoding\"") && out.contains("hop-by-hop"),
+        "{out}"
+    );
+}
