@@ -4,7 +4,7 @@
 //! Every error names the file, the line and column where they can be found, and the key.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -399,8 +399,25 @@ fn invalid(key: &str, message: impl Into<String>) -> Invalid {
 }
 
 fn validate(file: FileConfig) -> Result<Settings, Invalid> {
+    let server = validate_server(file.server)?;
+    let admin_listen = parse_socket_addr("admin.listen", &file.admin.listen)?;
+    if let Some(taken) = server
+        .listen
+        .iter()
+        .find(|a| listen_conflict(**a, admin_listen))
+    {
+        let message = if *taken == admin_listen {
+            format!("\"{admin_listen}\" is also in server.listen")
+        } else {
+            format!(
+                "\"{admin_listen}\" and server.listen \"{taken}\" cannot both be bound: {}",
+                conflict_reason(*taken, admin_listen)
+            )
+        };
+        return Err(invalid("admin.listen", message));
+    }
     Ok(Settings {
-        server: validate_server(file.server)?,
+        server,
         upstream: validate_upstream(file.upstream)?,
         rate_limit: validate_rate_limit(file.rate_limit)?,
         headers: HeaderSettings {
@@ -409,7 +426,7 @@ fn validate(file: FileConfig) -> Result<Settings, Invalid> {
             preserve_case: file.headers.preserve_case,
         },
         admin: AdminSettings {
-            listen: parse_socket_addr("admin.listen", &file.admin.listen)?,
+            listen: admin_listen,
         },
         log: validate_log(file.log)?,
     })
@@ -427,6 +444,19 @@ fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
         .iter()
         .map(|a| parse_socket_addr("server.listen", a))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, b) in listen.iter().enumerate() {
+        if let Some(a) = listen[..i].iter().find(|a| listen_conflict(**a, *b)) {
+            let message = if a == b {
+                format!("\"{b}\" is listed twice")
+            } else {
+                format!(
+                    "\"{a}\" and \"{b}\" cannot both be bound: {}",
+                    conflict_reason(*a, *b)
+                )
+            };
+            return Err(invalid("server.listen", message));
+        }
+    }
     if s.threads == 0 || s.threads > 1024 {
         return Err(invalid("server.threads", "must be between 1 and 1024"));
     }
@@ -673,6 +703,33 @@ fn is_managed_header(name: &str) -> bool {
             | "keep-alive"
             | "trailer"
     ) || name.starts_with("proxy-")
+}
+
+/// Whether both addresses cannot be bound at once (without `SO_REUSEPORT`, which the proxy does
+/// not set): the same port and the same IP, or a wildcard covering the other. `[::]` covers IPv4
+/// too: the proxy leaves `IPV6_V6ONLY` at the system default, dual-stack on Linux. Port 0 (any
+/// free port) never conflicts.
+fn listen_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |wild: IpAddr, other: IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (ia == ib || covers(ia, ib) || covers(ib, ia))
+}
+
+/// Why two conflicting, unequal listen addresses cannot both be bound.
+fn conflict_reason(a: SocketAddr, b: SocketAddr) -> String {
+    let wildcard = [a, b]
+        .into_iter()
+        .find(|x| x.ip().to_canonical().is_unspecified());
+    match wildcard {
+        Some(w) if a.ip().to_canonical() != b.ip().to_canonical() => format!(
+            "{w} already takes port {} on every {} address",
+            w.port(),
+            if w.is_ipv6() { "IPv6 and IPv4" } else { "IPv4" }
+        ),
+        _ => "the same IP and port".into(),
+    }
 }
 
 fn parse_socket_addr(key: &str, raw: &str) -> Result<SocketAddr, Invalid> {
@@ -946,6 +1003,76 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.headers.request.len(), 3);
+    }
+
+    fn listen_err(server: &str, admin: &str) -> String {
+        err(&format!(
+            "[server]\nlisten = {server}\n[admin]\nlisten = \"{admin}\"\n{MINIMAL}"
+        ))
+    }
+
+    #[test]
+    fn listen_address_twice_rejected() {
+        let e = listen_err(r#"["127.0.0.1:8080", "127.0.0.1:8080"]"#, "127.0.0.1:9091");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        assert!(
+            e.contains(r#"server.listen: "127.0.0.1:8080" is listed twice"#),
+            "{e}"
+        );
+        let e = listen_err(r#""127.0.0.1:8080""#, "127.0.0.1:8080");
+        assert!(e.starts_with("test.toml:4:"), "{e}");
+        assert!(e.contains("admin.listen: "), "{e}");
+        assert!(
+            e.contains(r#""127.0.0.1:8080" is also in server.listen"#),
+            "{e}"
+        );
+        // The same socket spelled as an IPv4-mapped IPv6 address.
+        let e = listen_err(
+            r#"["127.0.0.1:8080", "[::ffff:127.0.0.1]:8080"]"#,
+            "127.0.0.1:1",
+        );
+        assert!(e.contains("server.listen: "), "{e}");
+        assert!(e.contains("the same IP and port"), "{e}");
+    }
+
+    #[test]
+    fn wildcard_listen_overlapping_a_specific_ip_rejected() {
+        for (server, admin) in [
+            (r#"["0.0.0.0:8080", "127.0.0.1:8080"]"#, "127.0.0.1:1"),
+            (r#"["10.0.0.1:8080", "0.0.0.0:8080"]"#, "127.0.0.1:1"),
+            (r#"["[::]:8080", "127.0.0.1:8080"]"#, "127.0.0.1:1"),
+            (r#"["[::]:8080", "0.0.0.0:8080"]"#, "127.0.0.1:1"),
+            (r#"["[::1]:8080", "[::]:8080"]"#, "127.0.0.1:1"),
+        ] {
+            let e = listen_err(server, admin);
+            assert!(e.contains("server.listen: "), "{server}: {e}");
+            assert!(e.contains("cannot both be bound"), "{server}: {e}");
+            assert!(e.contains("8080"), "{server}: {e}");
+        }
+        let e = listen_err(r#""0.0.0.0:8080""#, "127.0.0.1:8080");
+        assert!(e.contains("admin.listen: "), "{e}");
+        assert!(
+            e.contains(r#""127.0.0.1:8080" and server.listen "0.0.0.0:8080" cannot both be bound"#),
+            "{e}"
+        );
+        let e = listen_err(r#""127.0.0.1:8080""#, "[::]:8080");
+        assert!(e.contains("admin.listen: "), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses_that_can_coexist_accepted() {
+        for (server, admin) in [
+            // Different ports, different IPs on one port, IPv4 wildcard next to IPv6.
+            (r#"["0.0.0.0:8080", "0.0.0.0:8081"]"#, "0.0.0.0:9091"),
+            (r#"["127.0.0.1:8080", "127.0.0.2:8080"]"#, "127.0.0.3:8080"),
+            (r#"["0.0.0.0:8080", "[::1]:8080"]"#, "127.0.0.1:9091"),
+            // Port 0: any free port, never the same one twice.
+            (r#"["127.0.0.1:0", "127.0.0.1:0"]"#, "127.0.0.1:0"),
+        ] {
+            let text =
+                format!("[server]\nlisten = {server}\n[admin]\nlisten = \"{admin}\"\n{MINIMAL}");
+            assert!(parse_config(&text, "t").is_ok(), "{server} {admin}");
+        }
     }
 
     #[test]

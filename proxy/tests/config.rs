@@ -233,3 +233,29 @@ fn framing_header_in_headers_tables() {
         "{out}"
     );
 }
+
+#[test]
+fn duplicate_listen_addresses() {
+    assert_rejected(
+        &format!("[server]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n{OK_UPSTREAM}"),
+        "server.listen",
+        2,
+    );
+    assert_rejected(
+        &format!("[server]\nlisten = [\"0.0.0.0:8080\", \"127.0.0.1:8080\"]\n{OK_UPSTREAM}"),
+        "server.listen",
+        2,
+    );
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[admin]\nlisten = \"127.0.0.1:8080\"\n"),
+        "admin.listen",
+        4,
+    );
+    let (_, out, _, _dir) = check(&format!(
+        "[server]\nlisten = \"[::]:8080\"\n{OK_UPSTREAM}[admin]\nlisten = \"127.0.0.1:8080\"\n"
+    ));
+    assert!(
+        out.contains("admin.listen") && out.contains("127.0.0.1:8080") && out.contains("[::]:8080"),
+        "{out}"
+    );
+}
