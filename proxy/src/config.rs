@@ -354,11 +354,14 @@ pub enum ConfigError {
 
 /// Reads, parses and validates `path`. Runs at start-up and on reload, never inside a request.
 pub fn load_config(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    parse_config(&read_config(path)?, &path.display().to_string())
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    parse_config(&text, &path.display().to_string())
+    })
 }
 
 /// Parses and validates config text; `origin` names the file in errors.
@@ -377,18 +380,59 @@ pub fn parse_config(text: &str, origin: &str) -> Result<Settings, ConfigError> {
             message: e.message().trim().replace('\n', "; "),
         }
     })?;
-    validate(file).map_err(|(key, message)| {
-        let (line, column) = span_of(text, &key)
-            .map(|span| line_col(text, span.start))
-            .unwrap_or((1, 1));
-        ConfigError::Invalid {
-            path: origin.to_owned(),
-            line,
-            column,
-            key: format!("{key}: "),
-            message,
-        }
-    })
+    validate(file).map_err(|e| located(text, origin, e))
+}
+
+/// [`load_config`], then what only the running system can tell, as `nginx -t` does: that
+/// `log.file` can be opened for append (its directory is created when missing). For `-t` and
+/// start-up, not for reload (`log.file` is not reloaded, and a reload must not touch files).
+// Called from main.rs once it is wired there (in place of `load_config`).
+#[allow(dead_code)]
+pub fn load_and_check_config(path: &Path) -> Result<Settings, ConfigError> {
+    let text = read_config(path)?;
+    let origin = path.display().to_string();
+    let settings = parse_config(&text, &origin)?;
+    if let Some(file) = &settings.log.file {
+        open_log_file(file).map_err(|why| {
+            let message = format!("\"{}\": {why}", file.display());
+            located(&text, &origin, invalid("log.file", message))
+        })?;
+    }
+    Ok(settings)
+}
+
+/// Whether `path` can be the log file: creates its directory when missing and opens it for
+/// append (nothing is written). The error reads "log.file PATH: why".
+#[allow(dead_code)]
+pub fn check_log_file(path: &Path) -> Result<(), String> {
+    open_log_file(path).map_err(|why| format!("log.file {}: {why}", path.display()))
+}
+
+fn open_log_file(path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create its directory {}: {e}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot open it for append: {e}"))
+}
+
+/// A validation failure placed at its key's line and column in `text`.
+fn located(text: &str, origin: &str, (key, message): Invalid) -> ConfigError {
+    let (line, column) = span_of(text, &key)
+        .map(|span| line_col(text, span.start))
+        .unwrap_or((1, 1));
+    ConfigError::Invalid {
+        path: origin.to_owned(),
+        line,
+        column,
+        key: format!("{key}: "),
+        message,
+    }
 }
 
 /// A validation failure: the dotted key and what is wrong with its value.
@@ -1073,6 +1117,90 @@ mod tests {
                 format!("[server]\nlisten = {server}\n[admin]\nlisten = \"{admin}\"\n{MINIMAL}");
             assert!(parse_config(&text, "t").is_ok(), "{server} {admin}");
         }
+    }
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "proxy-config-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn log_file_that_cannot_be_opened_names_the_key_and_path() {
+        let scratch = Scratch::new("logfile");
+        let regular = scratch.0.join("regular");
+        std::fs::write(&regular, "").unwrap();
+        // Paths that fail for root too: no directory can be made in /proc, a regular file
+        // cannot be a directory, a directory cannot be appended to.
+        for bad in [
+            PathBuf::from("/proc/nonexistent/x.log"),
+            regular.join("x.log"),
+            scratch.0.clone(),
+        ] {
+            let e = check_log_file(&bad).expect_err(&bad.display().to_string());
+            let prefix = format!("log.file {}: ", bad.display());
+            assert!(e.starts_with(&prefix), "{e}");
+            assert!(e.len() > prefix.len(), "{e}");
+        }
+        let e = check_log_file(&regular.join("x.log")).unwrap_err();
+        assert!(e.contains("cannot create its directory"), "{e}");
+        let e = check_log_file(&scratch.0).unwrap_err();
+        assert!(e.contains("cannot open it for append"), "{e}");
+    }
+
+    #[test]
+    fn log_file_directory_is_created_and_the_file_appended_to() {
+        let scratch = Scratch::new("logdir");
+        let file = scratch.0.join("a/b/proxy.log");
+        check_log_file(&file).unwrap();
+        assert!(file.is_file());
+        std::fs::write(&file, "kept\n").unwrap();
+        check_log_file(&file).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
+    }
+
+    #[test]
+    fn start_up_load_checks_the_log_file_where_reload_does_not() {
+        let scratch = Scratch::new("startlog");
+        let config = scratch.0.join("proxy.toml");
+        std::fs::write(
+            &config,
+            format!("{MINIMAL}[log]\nfile = \"/proc/nonexistent/x.log\"\n"),
+        )
+        .unwrap();
+        let e = load_and_check_config(&config).unwrap_err().to_string();
+        let location = format!("{}:4:8: ", config.display());
+        assert!(e.starts_with(&location), "{e}");
+        assert!(
+            e.contains("log.file: \"/proc/nonexistent/x.log\": cannot create its directory"),
+            "{e}"
+        );
+        assert!(load_config(&config).is_ok());
+        let fine = scratch.0.join("logs/proxy.log");
+        std::fs::write(
+            &config,
+            format!("{MINIMAL}[log]\nfile = \"{}\"\n", fine.display()),
+        )
+        .unwrap();
+        let s = load_and_check_config(&config).unwrap();
+        assert_eq!(s.log.file.as_deref(), Some(fine.as_path()));
+        assert!(fine.is_file());
     }
 
     #[test]
