@@ -479,6 +479,10 @@ fn validate(file: FileConfig) -> Result<Settings, Invalid> {
 /// Upper bound of each shutdown-related duration.
 const MAX_SHUTDOWN_SECONDS: u64 = 3600;
 
+/// Upper bound of `server.max_connections`: two file descriptors each already need more than
+/// Linux's default `fs.nr_open` (1048576), and the descriptor budget cannot overflow.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
     let listen_strings = s.listen.into_vec();
     if listen_strings.is_empty() {
@@ -545,10 +549,18 @@ fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
             .then(|| Duration::from_secs(s.keepalive_timeout_seconds)),
         keepalive_requests: NonZeroU32::new(s.keepalive_requests)
             .ok_or_else(|| invalid("server.keepalive_requests", "must be at least 1"))?,
-        header_timeout: positive_ms("server.header_timeout_ms", s.header_timeout_ms)?,
-        body_timeout: positive_ms("server.body_timeout_ms", s.body_timeout_ms)?,
+        header_timeout: ms_at_most_an_hour("server.header_timeout_ms", s.header_timeout_ms)?,
+        body_timeout: ms_at_most_an_hour("server.body_timeout_ms", s.body_timeout_ms)?,
         max_connections: NonZeroUsize::new(s.max_connections)
-            .ok_or_else(|| invalid("server.max_connections", "must be at least 1"))?,
+            .filter(|n| n.get() <= MAX_CONNECTIONS)
+            .ok_or_else(|| {
+                invalid(
+                    "server.max_connections",
+                    format!(
+                        "must be between 1 and {MAX_CONNECTIONS} (each takes up to two file descriptors)"
+                    ),
+                )
+            })?,
         max_connections_per_client: s.max_connections_per_client,
         drain_delay: Duration::from_secs(s.drain_delay_seconds),
     })
@@ -837,6 +849,15 @@ fn positive_ms(key: &str, ms: u64) -> Result<Duration, Invalid> {
         return Err(invalid(key, "must be greater than 0"));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// A downstream timeout: more than 0 and at most an hour, so a typo cannot hold connections open
+/// for days.
+fn ms_at_most_an_hour(key: &str, ms: u64) -> Result<Duration, Invalid> {
+    if ms > 3_600_000 {
+        return Err(invalid(key, "must be at most 3600000 (one hour)"));
+    }
+    positive_ms(key, ms)
 }
 
 fn positive_secs(key: &str, secs: u64) -> Result<Duration, Invalid> {
@@ -1201,6 +1222,114 @@ mod tests {
         let s = load_and_check_config(&config).unwrap();
         assert_eq!(s.log.file.as_deref(), Some(fine.as_path()));
         assert!(fine.is_file());
+    }
+
+    #[test]
+    fn server_connection_keys_get_contract_defaults() {
+        let s = parse_config(MINIMAL, "test.toml").unwrap().server;
+        assert_eq!(s.keepalive_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(s.keepalive_requests.get(), 1000);
+        assert_eq!(s.header_timeout, Duration::from_millis(10_000));
+        assert_eq!(s.body_timeout, Duration::from_millis(30_000));
+        assert_eq!(s.max_connections.get(), 10_000);
+        assert_eq!(s.max_connections_per_client, 256);
+        assert_eq!(s.drain_delay, Duration::ZERO);
+        assert_eq!(s.grace_period_seconds, 5);
+        assert_eq!(s.graceful_shutdown_timeout_seconds, 5);
+    }
+
+    fn server(lines: &str) -> Result<ServerSettings, String> {
+        parse_config(&format!("[server]\n{lines}\n{MINIMAL}"), "test.toml")
+            .map(|s| s.server)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn server_connection_keys_take_their_whole_range() {
+        let s = server(
+            "keepalive_timeout_seconds = 0\nkeepalive_requests = 1\nheader_timeout_ms = 1\n\
+             body_timeout_ms = 3600000\nmax_connections = 1000000\n\
+             max_connections_per_client = 0\ndrain_delay_seconds = 3600\n\
+             grace_period_seconds = 3600\ngraceful_shutdown_timeout_seconds = 0",
+        )
+        .unwrap();
+        assert_eq!(s.keepalive_timeout, None, "0 = keep-alive off");
+        assert_eq!(s.keepalive_requests.get(), 1);
+        assert_eq!(s.header_timeout, Duration::from_millis(1));
+        assert_eq!(s.body_timeout, Duration::from_secs(3600));
+        assert_eq!(s.max_connections.get(), 1_000_000);
+        assert_eq!(s.max_connections_per_client, 0, "0 = no cap");
+        assert_eq!(s.drain_delay, Duration::from_secs(3600));
+        let s =
+            server("keepalive_timeout_seconds = 86400\nkeepalive_requests = 4294967295").unwrap();
+        assert_eq!(s.keepalive_timeout, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.keepalive_requests.get(), u32::MAX);
+    }
+
+    #[test]
+    fn server_connection_keys_reject_zero_and_out_of_range() {
+        for (line, key, why) in [
+            (
+                "keepalive_timeout_seconds = 86401",
+                "keepalive_timeout_seconds",
+                "at most 86400",
+            ),
+            ("keepalive_requests = 0", "keepalive_requests", "at least 1"),
+            (
+                "header_timeout_ms = 0",
+                "header_timeout_ms",
+                "greater than 0",
+            ),
+            (
+                "header_timeout_ms = 3600001",
+                "header_timeout_ms",
+                "at most 3600000",
+            ),
+            ("body_timeout_ms = 0", "body_timeout_ms", "greater than 0"),
+            (
+                "body_timeout_ms = 3600001",
+                "body_timeout_ms",
+                "at most 3600000",
+            ),
+            (
+                "max_connections = 0",
+                "max_connections",
+                "between 1 and 1000000",
+            ),
+            (
+                "max_connections = 1000001",
+                "max_connections",
+                "between 1 and 1000000",
+            ),
+            (
+                "drain_delay_seconds = 3601",
+                "drain_delay_seconds",
+                "at most 3600",
+            ),
+            (
+                "grace_period_seconds = 3601",
+                "grace_period_seconds",
+                "at most 3600",
+            ),
+            (
+                "graceful_shutdown_timeout_seconds = 3601",
+                "graceful_shutdown_timeout_seconds",
+                "at most 3600",
+            ),
+            // Out of the type's range: TOML/serde names the key too.
+            ("keepalive_requests = 4294967296", "keepalive_requests", ""),
+            (
+                "max_connections_per_client = -1",
+                "max_connections_per_client",
+                "",
+            ),
+            ("drain_delay_seconds = -5", "drain_delay_seconds", ""),
+        ] {
+            let e = server(&format!("threads = 2\n{line}")).expect_err(line);
+            assert!(e.starts_with("test.toml:3:"), "{line}: {e}");
+            assert!(e.contains(&format!("server.{key}: ")), "{line}: {e}");
+            assert!(e.contains(why), "{line}: {e}");
+        }
     }
 
     #[test]

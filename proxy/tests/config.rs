@@ -259,3 +259,21 @@ fn duplicate_listen_addresses() {
         "{out}"
     );
 }
+
+#[test]
+fn server_connection_keys_out_of_range() {
+    for (line, key) in [
+        ("header_timeout_ms = 0", "server.header_timeout_ms"),
+        ("body_timeout_ms = 3600001", "server.body_timeout_ms"),
+        ("max_connections = 0", "server.max_connections"),
+        ("max_connections = 1000001", "server.max_connections"),
+        ("keepalive_requests = 0", "server.keepalive_requests"),
+        ("drain_delay_seconds = 3601", "server.drain_delay_seconds"),
+    ] {
+        assert_rejected(
+            &format!("[server]\nthreads = 2\n{line}\n{OK_UPSTREAM}"),
+            key,
+            3,
+        );
+    }
+}
