@@ -4,7 +4,7 @@
 //! Every error names the file, the line and column where they can be found, and the key.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -354,11 +354,14 @@ pub enum ConfigError {
 
 /// Reads, parses and validates `path`. Runs at start-up and on reload, never inside a request.
 pub fn load_config(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    parse_config(&read_config(path)?, &path.display().to_string())
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    parse_config(&text, &path.display().to_string())
+    })
 }
 
 /// Parses and validates config text; `origin` names the file in errors.
@@ -377,18 +380,59 @@ pub fn parse_config(text: &str, origin: &str) -> Result<Settings, ConfigError> {
             message: e.message().trim().replace('\n', "; "),
         }
     })?;
-    validate(file).map_err(|(key, message)| {
-        let (line, column) = span_of(text, &key)
-            .map(|span| line_col(text, span.start))
-            .unwrap_or((1, 1));
-        ConfigError::Invalid {
-            path: origin.to_owned(),
-            line,
-            column,
-            key: format!("{key}: "),
-            message,
-        }
-    })
+    validate(file).map_err(|e| located(text, origin, e))
+}
+
+/// [`load_config`], then what only the running system can tell, as `nginx -t` does: that
+/// `log.file` can be opened for append (its directory is created when missing). For `-t` and
+/// start-up, not for reload (`log.file` is not reloaded, and a reload must not touch files).
+// Called from main.rs once it is wired there (in place of `load_config`).
+#[allow(dead_code)]
+pub fn load_and_check_config(path: &Path) -> Result<Settings, ConfigError> {
+    let text = read_config(path)?;
+    let origin = path.display().to_string();
+    let settings = parse_config(&text, &origin)?;
+    if let Some(file) = &settings.log.file {
+        open_log_file(file).map_err(|why| {
+            let message = format!("\"{}\": {why}", file.display());
+            located(&text, &origin, invalid("log.file", message))
+        })?;
+    }
+    Ok(settings)
+}
+
+/// Whether `path` can be the log file: creates its directory when missing and opens it for
+/// append (nothing is written). The error reads "log.file PATH: why".
+#[allow(dead_code)]
+pub fn check_log_file(path: &Path) -> Result<(), String> {
+    open_log_file(path).map_err(|why| format!("log.file {}: {why}", path.display()))
+}
+
+fn open_log_file(path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create its directory {}: {e}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot open it for append: {e}"))
+}
+
+/// A validation failure placed at its key's line and column in `text`.
+fn located(text: &str, origin: &str, (key, message): Invalid) -> ConfigError {
+    let (line, column) = span_of(text, &key)
+        .map(|span| line_col(text, span.start))
+        .unwrap_or((1, 1));
+    ConfigError::Invalid {
+        path: origin.to_owned(),
+        line,
+        column,
+        key: format!("{key}: "),
+        message,
+    }
 }
 
 /// A validation failure: the dotted key and what is wrong with its value.
@@ -399,8 +443,25 @@ fn invalid(key: &str, message: impl Into<String>) -> Invalid {
 }
 
 fn validate(file: FileConfig) -> Result<Settings, Invalid> {
+    let server = validate_server(file.server)?;
+    let admin_listen = parse_socket_addr("admin.listen", &file.admin.listen)?;
+    if let Some(taken) = server
+        .listen
+        .iter()
+        .find(|a| listen_conflict(**a, admin_listen))
+    {
+        let message = if *taken == admin_listen {
+            format!("\"{admin_listen}\" is also in server.listen")
+        } else {
+            format!(
+                "\"{admin_listen}\" and server.listen \"{taken}\" cannot both be bound: {}",
+                conflict_reason(*taken, admin_listen)
+            )
+        };
+        return Err(invalid("admin.listen", message));
+    }
     Ok(Settings {
-        server: validate_server(file.server)?,
+        server,
         upstream: validate_upstream(file.upstream)?,
         rate_limit: validate_rate_limit(file.rate_limit)?,
         headers: HeaderSettings {
@@ -409,7 +470,7 @@ fn validate(file: FileConfig) -> Result<Settings, Invalid> {
             preserve_case: file.headers.preserve_case,
         },
         admin: AdminSettings {
-            listen: parse_socket_addr("admin.listen", &file.admin.listen)?,
+            listen: admin_listen,
         },
         log: validate_log(file.log)?,
     })
@@ -417,6 +478,10 @@ fn validate(file: FileConfig) -> Result<Settings, Invalid> {
 
 /// Upper bound of each shutdown-related duration.
 const MAX_SHUTDOWN_SECONDS: u64 = 3600;
+
+/// Upper bound of `server.max_connections`: two file descriptors each already need more than
+/// Linux's default `fs.nr_open` (1048576), and the descriptor budget cannot overflow.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
     let listen_strings = s.listen.into_vec();
@@ -427,6 +492,19 @@ fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
         .iter()
         .map(|a| parse_socket_addr("server.listen", a))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, b) in listen.iter().enumerate() {
+        if let Some(a) = listen[..i].iter().find(|a| listen_conflict(**a, *b)) {
+            let message = if a == b {
+                format!("\"{b}\" is listed twice")
+            } else {
+                format!(
+                    "\"{a}\" and \"{b}\" cannot both be bound: {}",
+                    conflict_reason(*a, *b)
+                )
+            };
+            return Err(invalid("server.listen", message));
+        }
+    }
     if s.threads == 0 || s.threads > 1024 {
         return Err(invalid("server.threads", "must be between 1 and 1024"));
     }
@@ -471,10 +549,18 @@ fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
             .then(|| Duration::from_secs(s.keepalive_timeout_seconds)),
         keepalive_requests: NonZeroU32::new(s.keepalive_requests)
             .ok_or_else(|| invalid("server.keepalive_requests", "must be at least 1"))?,
-        header_timeout: positive_ms("server.header_timeout_ms", s.header_timeout_ms)?,
-        body_timeout: positive_ms("server.body_timeout_ms", s.body_timeout_ms)?,
+        header_timeout: ms_at_most_an_hour("server.header_timeout_ms", s.header_timeout_ms)?,
+        body_timeout: ms_at_most_an_hour("server.body_timeout_ms", s.body_timeout_ms)?,
         max_connections: NonZeroUsize::new(s.max_connections)
-            .ok_or_else(|| invalid("server.max_connections", "must be at least 1"))?,
+            .filter(|n| n.get() <= MAX_CONNECTIONS)
+            .ok_or_else(|| {
+                invalid(
+                    "server.max_connections",
+                    format!(
+                        "must be between 1 and {MAX_CONNECTIONS} (each takes up to two file descriptors)"
+                    ),
+                )
+            })?,
         max_connections_per_client: s.max_connections_per_client,
         drain_delay: Duration::from_secs(s.drain_delay_seconds),
     })
@@ -553,25 +639,78 @@ fn validate_rate_limit(r: FileRateLimit) -> Result<RateLimitSettings, Invalid> {
 }
 
 fn validate_log(l: FileLog) -> Result<LogSettings, Invalid> {
-    if tracing_subscriber::EnvFilter::try_new(&l.level).is_err() {
-        return Err(invalid(
+    let level = log_filter(&l.level).map_err(|why| {
+        invalid(
             "log.level",
             format!(
-                "\"{}\" is not a level (error, warn, info, debug, trace) or filter",
-                l.level
+                "{why}; expected a level ({}, any case) or directives like \"info,proxy=debug\"",
+                LOG_LEVELS.join(", ")
             ),
-        ));
-    }
+        )
+    })?;
     if let Some(file) = &l.file {
         if file.as_os_str().is_empty() || file.file_name().is_none() {
             return Err(invalid("log.file", "must name a file"));
         }
     }
     Ok(LogSettings {
-        level: l.level,
+        level,
         file: l.file,
         access_log: l.access_log,
     })
+}
+
+/// The levels `log.level` accepts, alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+fn is_log_level(s: &str) -> bool {
+    LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s))
+}
+
+/// `log.level` as a filter `tracing` reads the way it was meant, or why it is not one.
+///
+/// `EnvFilter` takes any bare word as a target name (`"loud"` would silence every line) and
+/// `target=` as `trace`, so each comma-separated directive must be a level or
+/// `target[span{field=value}]=level`. Blanks around directives and `=` are dropped: `EnvFilter`
+/// would read them into the target name.
+fn log_filter(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("the value is empty".into());
+    }
+    let mut directives = Vec::new();
+    for directive in raw.split(',').map(str::trim) {
+        if directive.is_empty() {
+            return Err(format!(
+                "\"{raw}\" has an empty directive (two commas, or one at an end)"
+            ));
+        }
+        if is_log_level(directive) {
+            directives.push(directive.to_owned());
+            continue;
+        }
+        // The level follows the last `=` outside `[span{field=value}]`.
+        let (selector, level) = match directive.rsplit_once('=') {
+            Some((selector, level)) if !level.contains([']', '}']) => {
+                (selector.trim(), level.trim())
+            }
+            _ => {
+                return Err(format!(
+                    "\"{directive}\" is neither a level nor target=level (a bare word would be read as a target name and every other line dropped)"
+                ))
+            }
+        };
+        if selector.is_empty() {
+            return Err(format!("\"{directive}\" has no target before \"=\""));
+        }
+        if !is_log_level(level) {
+            return Err(format!("in \"{directive}\", \"{level}\" is not a level"));
+        }
+        directives.push(format!("{selector}={level}"));
+    }
+    let filter = directives.join(",");
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| format!("\"{filter}\" is not a filter: {e}"))?;
+    Ok(filter)
 }
 
 fn validate_headers(
@@ -583,6 +722,14 @@ fn validate_headers(
         .map(|(name, value)| {
             let parsed = Name::parse(&name)
                 .ok_or_else(|| invalid(key, format!("\"{name}\" is not a valid header name")))?;
+            if is_managed_header(parsed.key.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "\"{name}\" cannot be set here: framing/hop-by-hop header managed by the proxy"
+                    ),
+                ));
+            }
             let value = HeaderValue::from_str(&value).map_err(|_| {
                 invalid(
                     key,
@@ -595,6 +742,50 @@ fn validate_headers(
             })
         })
         .collect()
+}
+
+/// Framing and hop-by-hop fields (RFC 9110 7.6.1, 9112 6) that Pingora and the proxy write
+/// themselves; a configured value would contradict the real body or connection and stall the
+/// exchange. `name` is lower case.
+fn is_managed_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "upgrade"
+            | "te"
+            | "keep-alive"
+            | "trailer"
+    ) || name.starts_with("proxy-")
+}
+
+/// Whether both addresses cannot be bound at once (without `SO_REUSEPORT`, which the proxy does
+/// not set): the same port and the same IP, or a wildcard covering the other. `[::]` covers IPv4
+/// too: the proxy leaves `IPV6_V6ONLY` at the system default, dual-stack on Linux. Port 0 (any
+/// free port) never conflicts.
+fn listen_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |wild: IpAddr, other: IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || wild.is_ipv4() == other.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (ia == ib || covers(ia, ib) || covers(ib, ia))
+}
+
+/// Why two conflicting, unequal listen addresses cannot both be bound.
+fn conflict_reason(a: SocketAddr, b: SocketAddr) -> String {
+    let wildcard = [a, b]
+        .into_iter()
+        .find(|x| x.ip().to_canonical().is_unspecified());
+    match wildcard {
+        Some(w) if a.ip().to_canonical() != b.ip().to_canonical() => format!(
+            "{w} already takes port {} on every {} address",
+            w.port(),
+            if w.is_ipv6() { "IPv6 and IPv4" } else { "IPv4" }
+        ),
+        _ => "the same IP and port".into(),
+    }
 }
 
 fn parse_socket_addr(key: &str, raw: &str) -> Result<SocketAddr, Invalid> {
@@ -658,6 +849,15 @@ fn positive_ms(key: &str, ms: u64) -> Result<Duration, Invalid> {
         return Err(invalid(key, "must be greater than 0"));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// A downstream timeout: more than 0 and at most an hour, so a typo cannot hold connections open
+/// for days.
+fn ms_at_most_an_hour(key: &str, ms: u64) -> Result<Duration, Invalid> {
+    if ms > 3_600_000 {
+        return Err(invalid(key, "must be at most 3600000 (one hour)"));
+    }
+    positive_ms(key, ms)
 }
 
 fn positive_secs(key: &str, secs: u64) -> Result<Duration, Invalid> {
@@ -771,6 +971,365 @@ mod tests {
             "{MINIMAL}[headers]\nresponse = {{ \"bad name\" = \"x\" }}\n"
         ));
         assert!(e.contains("headers.response"), "{e}");
+    }
+
+    fn log_level(level: &str) -> Result<String, String> {
+        let text = format!("{MINIMAL}[log]\nlevel = \"{level}\"\n");
+        parse_config(&text, "test.toml")
+            .map(|s| s.log.level)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn log_level_takes_levels_in_any_case_and_filter_directives() {
+        for level in [
+            "error", "warn", "info", "debug", "trace", "off", "INFO", "Warn",
+        ] {
+            assert_eq!(log_level(level).unwrap(), level);
+        }
+        for filter in [
+            "info,proxy=debug",
+            "warn,pingora_core::listeners=off",
+            "proxy[request{method=GET}]=trace",
+            "[request]=debug",
+            "proxy=DEBUG",
+        ] {
+            assert_eq!(log_level(filter).unwrap(), filter);
+        }
+        // Blanks that EnvFilter would read into a target name are dropped.
+        assert_eq!(
+            log_level(" warn , proxy = debug ").unwrap(),
+            "warn,proxy=debug"
+        );
+    }
+
+    #[test]
+    fn log_level_rejects_words_that_are_not_levels() {
+        for bad in [
+            "loud",
+            "verbose",
+            "",
+            "  ",
+            "info,",
+            "info,,debug",
+            "proxy",
+            "info,proxy",
+            "proxy=loud",
+            "proxy=",
+            "=debug",
+            "proxy[span{a=b}]",
+            "3",
+        ] {
+            let e = log_level(bad).expect_err(bad);
+            assert!(e.starts_with("test.toml:4:"), "{bad}: {e}");
+            assert!(e.contains("log.level"), "{bad}: {e}");
+            assert!(
+                e.contains("error, warn, info, debug, trace, off"),
+                "{bad}: {e}"
+            );
+        }
+        let e = log_level("proxy=loud").unwrap_err();
+        assert!(e.contains("\"loud\" is not a level"), "{e}");
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_headers_cannot_be_configured() {
+        for table in ["request", "response"] {
+            for name in [
+                "Host",
+                "content-length",
+                "Transfer-Encoding",
+                "CONNECTION",
+                "Upgrade",
+                "TE",
+                "Keep-Alive",
+                "Trailer",
+                "Proxy-Authorization",
+                "proxy-connection",
+            ] {
+                let e = err(&format!(
+                    "{MINIMAL}[headers]\n{table} = {{ \"{name}\" = \"x\" }}\n"
+                ));
+                assert!(e.starts_with("test.toml:4:"), "{e}");
+                assert!(e.contains(&format!("headers.{table}: ")), "{e}");
+                assert!(e.contains(&format!("\"{name}\"")), "{e}");
+                assert!(
+                    e.contains("framing/hop-by-hop header managed by the proxy"),
+                    "{e}"
+                );
+            }
+        }
+        // Look-alikes stay allowed.
+        let s = parse_config(
+            &format!(
+                "{MINIMAL}[headers.request]\nX-Host = \"a\"\nTE-Info = \"b\"\nProxied-By = \"c\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(s.headers.request.len(), 3);
+    }
+
+    fn listen_err(server: &str, admin: &str) -> String {
+        err(&format!(
+            "[server]\nlisten = {server}\n[admin]\nlisten = \"{admin}\"\n{MINIMAL}"
+        ))
+    }
+
+    #[test]
+    fn listen_address_twice_rejected() {
+        let e = listen_err(r#"["127.0.0.1:8080", "127.0.0.1:8080"]"#, "127.0.0.1:9091");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        assert!(
+            e.contains(r#"server.listen: "127.0.0.1:8080" is listed twice"#),
+            "{e}"
+        );
+        let e = listen_err(r#""127.0.0.1:8080""#, "127.0.0.1:8080");
+        assert!(e.starts_with("test.toml:4:"), "{e}");
+        assert!(e.contains("admin.listen: "), "{e}");
+        assert!(
+            e.contains(r#""127.0.0.1:8080" is also in server.listen"#),
+            "{e}"
+        );
+        // The same socket spelled as an IPv4-mapped IPv6 address.
+        let e = listen_err(
+            r#"["127.0.0.1:8080", "[::ffff:127.0.0.1]:8080"]"#,
+            "127.0.0.1:1",
+        );
+        assert!(e.contains("server.listen: "), "{e}");
+        assert!(e.contains("the same IP and port"), "{e}");
+    }
+
+    #[test]
+    fn wildcard_listen_overlapping_a_specific_ip_rejected() {
+        for (server, admin) in [
+            (r#"["0.0.0.0:8080", "127.0.0.1:8080"]"#, "127.0.0.1:1"),
+            (r#"["10.0.0.1:8080", "0.0.0.0:8080"]"#, "127.0.0.1:1"),
+            (r#"["[::]:8080", "127.0.0.1:8080"]"#, "127.0.0.1:1"),
+            (r#"["[::]:8080", "0.0.0.0:8080"]"#, "127.0.0.1:1"),
+            (r#"["[::1]:8080", "[::]:8080"]"#, "127.0.0.1:1"),
+        ] {
+            let e = listen_err(server, admin);
+            assert!(e.contains("server.listen: "), "{server}: {e}");
+            assert!(e.contains("cannot both be bound"), "{server}: {e}");
+            assert!(e.contains("8080"), "{server}: {e}");
+        }
+        let e = listen_err(r#""0.0.0.0:8080""#, "127.0.0.1:8080");
+        assert!(e.contains("admin.listen: "), "{e}");
+        assert!(
+            e.contains(r#""127.0.0.1:8080" and server.listen "0.0.0.0:8080" cannot both be bound"#),
+            "{e}"
+        );
+        let e = listen_err(r#""127.0.0.1:8080""#, "[::]:8080");
+        assert!(e.contains("admin.listen: "), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses_that_can_coexist_accepted() {
+        for (server, admin) in [
+            // Different ports, different IPs on one port, IPv4 wildcard next to IPv6.
+            (r#"["0.0.0.0:8080", "0.0.0.0:8081"]"#, "0.0.0.0:9091"),
+            (r#"["127.0.0.1:8080", "127.0.0.2:8080"]"#, "127.0.0.3:8080"),
+            (r#"["0.0.0.0:8080", "[::1]:8080"]"#, "127.0.0.1:9091"),
+            // Port 0: any free port, never the same one twice.
+            (r#"["127.0.0.1:0", "127.0.0.1:0"]"#, "127.0.0.1:0"),
+        ] {
+            let text =
+                format!("[server]\nlisten = {server}\n[admin]\nlisten = \"{admin}\"\n{MINIMAL}");
+            assert!(parse_config(&text, "t").is_ok(), "{server} {admin}");
+        }
+    }
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "proxy-config-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn log_file_that_cannot_be_opened_names_the_key_and_path() {
+        let scratch = Scratch::new("logfile");
+        let regular = scratch.0.join("regular");
+        std::fs::write(&regular, "").unwrap();
+        // Paths that fail for root too: no directory can be made in /proc, a regular file
+        // cannot be a directory, a directory cannot be appended to.
+        for bad in [
+            PathBuf::from("/proc/nonexistent/x.log"),
+            regular.join("x.log"),
+            scratch.0.clone(),
+        ] {
+            let e = check_log_file(&bad).expect_err(&bad.display().to_string());
+            let prefix = format!("log.file {}: ", bad.display());
+            assert!(e.starts_with(&prefix), "{e}");
+            assert!(e.len() > prefix.len(), "{e}");
+        }
+        let e = check_log_file(&regular.join("x.log")).unwrap_err();
+        assert!(e.contains("cannot create its directory"), "{e}");
+        let e = check_log_file(&scratch.0).unwrap_err();
+        assert!(e.contains("cannot open it for append"), "{e}");
+    }
+
+    #[test]
+    fn log_file_directory_is_created_and_the_file_appended_to() {
+        let scratch = Scratch::new("logdir");
+        let file = scratch.0.join("a/b/proxy.log");
+        check_log_file(&file).unwrap();
+        assert!(file.is_file());
+        std::fs::write(&file, "kept\n").unwrap();
+        check_log_file(&file).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
+    }
+
+    #[test]
+    fn start_up_load_checks_the_log_file_where_reload_does_not() {
+        let scratch = Scratch::new("startlog");
+        let config = scratch.0.join("proxy.toml");
+        std::fs::write(
+            &config,
+            format!("{MINIMAL}[log]\nfile = \"/proc/nonexistent/x.log\"\n"),
+        )
+        .unwrap();
+        let e = load_and_check_config(&config).unwrap_err().to_string();
+        let location = format!("{}:4:8: ", config.display());
+        assert!(e.starts_with(&location), "{e}");
+        assert!(
+            e.contains("log.file: \"/proc/nonexistent/x.log\": cannot create its directory"),
+            "{e}"
+        );
+        assert!(load_config(&config).is_ok());
+        let fine = scratch.0.join("logs/proxy.log");
+        std::fs::write(
+            &config,
+            format!("{MINIMAL}[log]\nfile = \"{}\"\n", fine.display()),
+        )
+        .unwrap();
+        let s = load_and_check_config(&config).unwrap();
+        assert_eq!(s.log.file.as_deref(), Some(fine.as_path()));
+        assert!(fine.is_file());
+    }
+
+    #[test]
+    fn server_connection_keys_get_contract_defaults() {
+        let s = parse_config(MINIMAL, "test.toml").unwrap().server;
+        assert_eq!(s.keepalive_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(s.keepalive_requests.get(), 1000);
+        assert_eq!(s.header_timeout, Duration::from_millis(10_000));
+        assert_eq!(s.body_timeout, Duration::from_millis(30_000));
+        assert_eq!(s.max_connections.get(), 10_000);
+        assert_eq!(s.max_connections_per_client, 256);
+        assert_eq!(s.drain_delay, Duration::ZERO);
+        assert_eq!(s.grace_period_seconds, 5);
+        assert_eq!(s.graceful_shutdown_timeout_seconds, 5);
+    }
+
+    fn server(lines: &str) -> Result<ServerSettings, String> {
+        parse_config(&format!("[server]\n{lines}\n{MINIMAL}"), "test.toml")
+            .map(|s| s.server)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn server_connection_keys_take_their_whole_range() {
+        let s = server(
+            "keepalive_timeout_seconds = 0\nkeepalive_requests = 1\nheader_timeout_ms = 1\n\
+             body_timeout_ms = 3600000\nmax_connections = 1000000\n\
+             max_connections_per_client = 0\ndrain_delay_seconds = 3600\n\
+             grace_period_seconds = 3600\ngraceful_shutdown_timeout_seconds = 0",
+        )
+        .unwrap();
+        assert_eq!(s.keepalive_timeout, None, "0 = keep-alive off");
+        assert_eq!(s.keepalive_requests.get(), 1);
+        assert_eq!(s.header_timeout, Duration::from_millis(1));
+        assert_eq!(s.body_timeout, Duration::from_secs(3600));
+        assert_eq!(s.max_connections.get(), 1_000_000);
+        assert_eq!(s.max_connections_per_client, 0, "0 = no cap");
+        assert_eq!(s.drain_delay, Duration::from_secs(3600));
+        let s =
+            server("keepalive_timeout_seconds = 86400\nkeepalive_requests = 4294967295").unwrap();
+        assert_eq!(s.keepalive_timeout, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.keepalive_requests.get(), u32::MAX);
+    }
+
+    #[test]
+    fn server_connection_keys_reject_zero_and_out_of_range() {
+        for (line, key, why) in [
+            (
+                "keepalive_timeout_seconds = 86401",
+                "keepalive_timeout_seconds",
+                "at most 86400",
+            ),
+            ("keepalive_requests = 0", "keepalive_requests", "at least 1"),
+            (
+                "header_timeout_ms = 0",
+                "header_timeout_ms",
+                "greater than 0",
+            ),
+            (
+                "header_timeout_ms = 3600001",
+                "header_timeout_ms",
+                "at most 3600000",
+            ),
+            ("body_timeout_ms = 0", "body_timeout_ms", "greater than 0"),
+            (
+                "body_timeout_ms = 3600001",
+                "body_timeout_ms",
+                "at most 3600000",
+            ),
+            (
+                "max_connections = 0",
+                "max_connections",
+                "between 1 and 1000000",
+            ),
+            (
+                "max_connections = 1000001",
+                "max_connections",
+                "between 1 and 1000000",
+            ),
+            (
+                "drain_delay_seconds = 3601",
+                "drain_delay_seconds",
+                "at most 3600",
+            ),
+            (
+                "grace_period_seconds = 3601",
+                "grace_period_seconds",
+                "at most 3600",
+            ),
+            (
+                "graceful_shutdown_timeout_seconds = 3601",
+                "graceful_shutdown_timeout_seconds",
+                "at most 3600",
+            ),
+            // Out of the type's range: TOML/serde names the key too.
+            ("keepalive_requests = 4294967296", "keepalive_requests", ""),
+            (
+                "max_connections_per_client = -1",
+                "max_connections_per_client",
+                "",
+            ),
+            ("drain_delay_seconds = -5", "drain_delay_seconds", ""),
+        ] {
+            let e = server(&format!("threads = 2\n{line}")).expect_err(line);
+            assert!(e.starts_with("test.toml:3:"), "{line}: {e}");
+            assert!(e.contains(&format!("server.{key}: ")), "{line}: {e}");
+            assert!(e.contains(why), "{line}: {e}");
+        }
     }
 
     #[test]

@@ -191,3 +191,89 @@ async fn bad_config_at_start_exits_1_before_listening() {
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn log_level_that_is_not_a_level() {
+    for bad in ["loud", "verbose", "", "info,proxy=loud"] {
+        assert_rejected(
+            &format!("{OK_UPSTREAM}[log]\nlevel = \"{bad}\"\n"),
+            "log.level",
+            4,
+        );
+    }
+    let (code, out, _, _dir) = check(&format!("{OK_UPSTREAM}[log]\nlevel = \"loud\"\n"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error, warn, info, debug, trace, off"),
+        "{out}"
+    );
+    let (code, out, _, _dir) = check(&format!(
+        "{OK_UPSTREAM}[log]\nlevel = \"WARN,proxy=debug\"\n"
+    ));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn framing_header_in_headers_tables() {
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[headers.request]\nX-Env = \"prod\"\ncontent-length = \"0\"\n"),
+        "headers.request",
+        3,
+    );
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[headers]\nresponse = {{ Proxy-Connection = \"close\" }}\n"),
+        "headers.response",
+        4,
+    );
+    let (_, out, _, _dir) = check(&format!(
+        "{OK_UPSTREAM}[headers.response]\nTransfer-Encoding = \"chunked\"\n"
+    ));
+    assert!(
+        out.contains("\"Transfer-Encoding\"") && out.contains("hop-by-hop"),
+        "{out}"
+    );
+}
+
+#[test]
+fn duplicate_listen_addresses() {
+    assert_rejected(
+        &format!("[server]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n{OK_UPSTREAM}"),
+        "server.listen",
+        2,
+    );
+    assert_rejected(
+        &format!("[server]\nlisten = [\"0.0.0.0:8080\", \"127.0.0.1:8080\"]\n{OK_UPSTREAM}"),
+        "server.listen",
+        2,
+    );
+    assert_rejected(
+        &format!("{OK_UPSTREAM}[admin]\nlisten = \"127.0.0.1:8080\"\n"),
+        "admin.listen",
+        4,
+    );
+    let (_, out, _, _dir) = check(&format!(
+        "[server]\nlisten = \"[::]:8080\"\n{OK_UPSTREAM}[admin]\nlisten = \"127.0.0.1:8080\"\n"
+    ));
+    assert!(
+        out.contains("admin.listen") && out.contains("127.0.0.1:8080") && out.contains("[::]:8080"),
+        "{out}"
+    );
+}
+
+#[test]
+fn server_connection_keys_out_of_range() {
+    for (line, key) in [
+        ("header_timeout_ms = 0", "server.header_timeout_ms"),
+        ("body_timeout_ms = 3600001", "server.body_timeout_ms"),
+        ("max_connections = 0", "server.max_connections"),
+        ("max_connections = 1000001", "server.max_connections"),
+        ("keepalive_requests = 0", "server.keepalive_requests"),
+        ("drain_delay_seconds = 3601", "server.drain_delay_seconds"),
+    ] {
+        assert_rejected(
+            &format!("[server]\nthreads = 2\n{line}\n{OK_UPSTREAM}"),
+            key,
+            3,
+        );
+    }
+}
