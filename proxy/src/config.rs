@@ -387,7 +387,6 @@ pub fn parse_config(text: &str, origin: &str) -> Result<Settings, ConfigError> {
 /// `log.file` can be opened for append (its directory is created when missing). For `-t` and
 /// start-up, not for reload (`log.file` is not reloaded, and a reload must not touch files).
 // Called from main.rs once it is wired there (in place of `load_config`).
-#[allow(dead_code)]
 pub fn load_and_check_config(path: &Path) -> Result<Settings, ConfigError> {
     let text = read_config(path)?;
     let origin = path.display().to_string();
@@ -403,7 +402,7 @@ pub fn load_and_check_config(path: &Path) -> Result<Settings, ConfigError> {
 
 /// Whether `path` can be the log file: creates its directory when missing and opens it for
 /// append (nothing is written). The error reads "log.file PATH: why".
-#[allow(dead_code)]
+#[cfg(test)]
 pub fn check_log_file(path: &Path) -> Result<(), String> {
     open_log_file(path).map_err(|why| format!("log.file {}: {why}", path.display()))
 }

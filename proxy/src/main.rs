@@ -41,7 +41,7 @@ fn main() {
         Err(e) => fail(&format!("cannot install the SIGHUP handler: {e}")),
     };
     let cli = cli::Cli::parse();
-    let settings = match config::load_config(&cli.config) {
+    let settings = match config::load_and_check_config(&cli.config) {
         Ok(s) => s,
         Err(e) => fail(&format!("configuration error: {e}")),
     };
