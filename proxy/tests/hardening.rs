@@ -621,3 +621,67 @@ async fn pipelined_requests_are_all_answered() {
         assert!(text.contains(&format!("\"path\":\"{p}\"")), "{p}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_with_host_name_backends_lose_nothing() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    // Host names: the new process must not accept before its first discovery resolved them.
+    let names = vec![
+        format!("localhost:{}", a.addr.port()),
+        format!("localhost:{}", b.addr.port()),
+    ];
+    let mut proxy = Proxy::start_with(names, "[rate_limit]\nenabled = false\n", true).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(load(proxy.addr, "/upgrade", 1_000_000, 4, stop.clone()));
+    for round in 0..2 {
+        let sock = proxy.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let mut old = proxy.spawn_upgrade();
+        let waiting = wait_until(Duration::from_secs(10), || {
+            let sock = sock.clone();
+            async move { sock.exists() }
+        })
+        .await;
+        assert!(
+            waiting,
+            "round {round}: no upgrade socket:\n{}",
+            proxy.output()
+        );
+        Command::new("kill")
+            .args(["-QUIT", &old.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok(Some(status)) = old.try_wait() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = old.kill();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: old process {status:?}:\n{}",
+            proxy.output()
+        );
+    }
+    // Traffic kept flowing through the last process.
+    let served = a.requests().await + b.requests().await;
+    let flowing = wait_until(Duration::from_secs(10), || async {
+        a.requests().await + b.requests().await > served + 50
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tally = load.await.unwrap();
+    assert!(flowing, "the last process does not serve");
+    assert!(tally.ok > 100, "{tally:?}");
+    assert!(
+        tally.non_2xx.is_empty() && tally.errors.is_empty(),
+        "non-2xx {:?}, errors {:?}",
+        tally.non_2xx,
+        tally.errors
+    );
+}
