@@ -1,6 +1,6 @@
 //! The upstream pool: discovery of the configured backends (host names re-resolved on every
-//! round, so a container restarted with a new IP is found again), the round-robin balancer, and
-//! the HTTP health check that drives `gateway_backend_up`.
+//! round, in parallel and each lookup bounded, so a container restarted with a new IP is found
+//! again), the round-robin balancer, and the HTTP health check that drives `gateway_backend_up`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use http::HeaderValue;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck};
@@ -21,6 +22,10 @@ use crate::metrics::{BackendMetrics, Metrics};
 
 /// How often discovery runs: picks up reloaded backend lists and re-resolves host names.
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest wait for one host-name lookup; beyond it the last good answer stays, as on failure.
+/// getaddrinfo's own retries can take tens of seconds, and discovery must keep its pace.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the gateway knows about a backend beyond its address, carried in `Backend::ext`.
 pub struct BackendInfo {
@@ -56,6 +61,7 @@ pub struct ConfiguredBackends {
     list: ArcSwap<Vec<BackendAddr>>,
     metrics: Arc<Metrics>,
     resolver: Box<dyn Resolve>,
+    lookup_timeout: Duration,
     /// Current addresses per label; for host names the last good answer, kept when a lookup
     /// fails so a DNS hiccup drops nothing.
     resolved: Mutex<HashMap<String, Vec<SocketAddr>>>,
@@ -69,10 +75,20 @@ impl ConfiguredBackends {
         metrics: Arc<Metrics>,
         resolver: Box<dyn Resolve>,
     ) -> Arc<Self> {
+        Self::with_lookup_timeout(list, metrics, resolver, LOOKUP_TIMEOUT)
+    }
+
+    fn with_lookup_timeout(
+        list: Vec<BackendAddr>,
+        metrics: Arc<Metrics>,
+        resolver: Box<dyn Resolve>,
+        lookup_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             list: ArcSwap::from_pointee(list),
             metrics,
             resolver,
+            lookup_timeout,
             resolved: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
         })
@@ -88,25 +104,27 @@ impl ConfiguredBackends {
             return vec![SocketAddr::new(ip, backend.port)];
         }
         let label = backend.label();
-        match self.resolver.lookup(&backend.host, backend.port).await {
-            Ok(mut addrs) if !addrs.is_empty() => {
+        let lookup = self.resolver.lookup(&backend.host, backend.port);
+        let failure = match tokio::time::timeout(self.lookup_timeout, lookup).await {
+            Ok(Ok(mut addrs)) if !addrs.is_empty() => {
                 addrs.sort();
                 addrs.dedup();
-                let known = lock(&self.resolved).get(&label).cloned();
-                if known.as_ref() != Some(&addrs) {
+                let changed = lock(&self.resolved).get(&label) != Some(&addrs);
+                if changed {
                     tracing::info!(backend = %label, addresses = ?addrs, "backend resolved");
                 }
-                addrs
+                return addrs;
             }
-            Ok(_) | Err(_) => {
-                let last = lock(&self.resolved)
-                    .get(&label)
-                    .cloned()
-                    .unwrap_or_default();
-                tracing::warn!(backend = %label, kept = ?last, "backend name did not resolve; keeping the last answer");
-                last
-            }
-        }
+            Ok(Ok(_)) => "no addresses".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.lookup_timeout),
+        };
+        let last = lock(&self.resolved)
+            .get(&label)
+            .cloned()
+            .unwrap_or_default();
+        tracing::warn!(backend = %label, error = %failure, kept = ?last, "backend name did not resolve; keeping the last answer");
+        last
     }
 
     /// Records a health change of one address and returns whether its backend (any of the
@@ -124,14 +142,15 @@ impl ConfiguredBackends {
         addrs.is_empty() || addrs.iter().any(|a| !set.contains(a))
     }
 
-    /// One discovery round: every configured backend with its current addresses.
+    /// One discovery round: every configured backend with its current addresses. Names are
+    /// looked up side by side, so one slow name costs a round one lookup timeout, not one each.
     async fn discover_backends(&self) -> BTreeSet<Backend> {
         let list = self.list.load_full();
+        let answers = join_all(list.iter().map(|b| self.resolve(b))).await;
         let mut set = BTreeSet::new();
         let mut current: HashMap<String, Vec<SocketAddr>> = HashMap::new();
-        for configured in list.iter() {
+        for (configured, addrs) in list.iter().zip(answers) {
             let label = configured.label();
-            let addrs = self.resolve(configured).await;
             let info = Arc::new(BackendInfo {
                 header_value: HeaderValue::from_str(&label)
                     .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
@@ -337,5 +356,80 @@ mod tests {
         b.replace(vec![]);
         addresses(&b).await;
         assert!(metrics.known_backend("backend1:9000").is_none());
+    }
+
+    /// Answers its first lookup, then never again within any timeout (a hung DNS server).
+    struct StallingResolver {
+        first: SocketAddr,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Resolve for StallingResolver {
+        async fn lookup(&self, _host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                return Ok(vec![self.first]);
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Err(std::io::Error::other("gave up"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lookup_past_its_timeout_keeps_the_last_answer() {
+        let resolver = StallingResolver {
+            first: addr("10.0.0.1:9000"),
+            calls: AtomicUsize::new(0),
+        };
+        let b = ConfiguredBackends::with_lookup_timeout(
+            vec![named("backend1")],
+            Arc::new(Metrics::new().unwrap()),
+            Box::new(resolver),
+            Duration::from_millis(20),
+        );
+        assert_eq!(addresses(&b).await, ["10.0.0.1:9000"]);
+        assert_eq!(addresses(&b).await, ["10.0.0.1:9000"], "last answer kept");
+    }
+
+    /// Holds every lookup until `gate` lookups are in flight at once, counting the most seen:
+    /// one-by-one lookups never get past the gate (and time out with nothing).
+    struct GatedResolver {
+        gate: tokio::sync::Barrier,
+        in_flight: AtomicUsize,
+        most: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Resolve for GatedResolver {
+        async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.gate.wait().await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // backendN answers 10.0.0.N.
+            let n: u8 = host.trim_start_matches("backend").parse().unwrap();
+            Ok(vec![SocketAddr::from(([10, 0, 0, n], port))])
+        }
+    }
+
+    #[tokio::test]
+    async fn names_of_a_round_are_looked_up_together() {
+        let most = Arc::new(AtomicUsize::new(0));
+        let resolver = GatedResolver {
+            gate: tokio::sync::Barrier::new(3),
+            in_flight: AtomicUsize::new(0),
+            most: most.clone(),
+        };
+        let b = ConfiguredBackends::with_lookup_timeout(
+            ["backend1", "backend2", "backend3"].map(named).to_vec(),
+            Arc::new(Metrics::new().unwrap()),
+            Box::new(resolver),
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            addresses(&b).await,
+            ["10.0.0.1:9000", "10.0.0.2:9000", "10.0.0.3:9000"]
+        );
+        assert_eq!(most.load(Ordering::SeqCst), 3);
     }
 }
