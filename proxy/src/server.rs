@@ -21,7 +21,7 @@ use crate::lifecycle::{DrainWatcher, SharedLogGuards};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::Live;
-use crate::upstream::{build_balancer, ConfiguredBackends, SystemResolver};
+use crate::upstream::{build_balancer, ConfiguredBackends, SystemResolver, UpstreamService};
 
 /// Pingora's own bound on attempts per request; ours (`upstream.max_retries`, at most 15)
 /// decides below it, so reloads can change it.
@@ -83,11 +83,14 @@ pub fn build(
         metrics.clone(),
         Box::new(SystemResolver),
     );
+    let lb = Arc::new(build_balancer(
+        backends.clone(),
+        &settings.upstream.health_check,
+    ));
     let balancer = background_service(
         "upstream health and discovery",
-        build_balancer(backends.clone(), &settings.upstream.health_check),
+        UpstreamService::new(lb.clone(), &settings.upstream.health_check),
     );
-    let lb = balancer.task();
 
     let settings = Arc::new(settings);
     let live = Arc::new(ArcSwap::from_pointee(Live::new(settings.clone(), None)));
@@ -137,8 +140,9 @@ pub fn build(
         },
     );
 
-    server.add_service(balancer);
-    server.add_service(proxy);
+    let balancer = server.add_service(balancer);
+    // No request before the first discovery and health round (see UpstreamService).
+    server.add_service(proxy).add_dependency(&balancer);
     server.add_service(admin);
     server.add_service(reloader);
     server.add_service(drain);
