@@ -5,7 +5,6 @@
 //! headers; `fail_to_proxy` writes our JSON errors; `logging` records metrics and the access log.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use pingora::ErrorSource;
 use pingora_limits::inflight::Inflight;
 
 use crate::access_log::AccessLog;
+use crate::balance::SmoothRoundRobin;
 use crate::client_ip::{client_ip, in_any};
 use crate::context::{InflightGuard, RequestCtx};
 use crate::downstream::ConnectionContext;
@@ -28,7 +28,7 @@ use crate::panic_guard;
 use crate::rate_limit::{ClientKey, Decision};
 use crate::responses::{classify, write_error};
 use crate::state::LiveState;
-use crate::upstream::{self, BackendInfo};
+use crate::upstream::BackendInfo;
 
 /// The gateway service: everything shared across requests.
 pub struct Gateway {
@@ -38,8 +38,8 @@ pub struct Gateway {
     /// Concurrent requests per client (approximate; only consulted when a cap is set).
     pub client_inflight: Inflight,
     pub access_log: AccessLog,
-    /// Round-robin position over the backend list.
-    next_backend: AtomicUsize,
+    /// Smooth weighted round robin over the healthy backends.
+    balancer: SmoothRoundRobin,
 }
 
 impl Gateway {
@@ -55,33 +55,16 @@ impl Gateway {
             metrics,
             client_inflight: Inflight::new(),
             access_log,
-            next_backend: AtomicUsize::new(0),
+            balancer: SmoothRoundRobin::default(),
         }
     }
 
-    /// The next backend in round-robin order that is healthy and not yet tried by this request:
-    /// its address and what discovery attached to it. Pingora's `select_with` walks the same
-    /// order (its `RoundRobin` is this counter over the same sorted list) but dedupes through a
-    /// `HashSet` it allocates and hashes into on every call and clones the `Backend` (with its
-    /// extensions map), ~1.5k instructions per request (callgrind); discovery gives every
-    /// backend weight 1, so the list holds no duplicates to skip.
+    /// The next healthy backend not yet tried by this request, by smooth weighted round robin
+    /// (a dead backend's share is spread over the others, not handed to its successor): its
+    /// address and what discovery attached to it. Not Pingora's `select_with`, which allocates
+    /// a `HashSet` and clones the `Backend` on every call.
     fn next_backend(&self, tried: &[SocketAddr]) -> Option<(SocketAddr, Option<Arc<BackendInfo>>)> {
-        let backends = self.lb.backends();
-        let list = backends.get_backend();
-        let n = list.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next_backend.fetch_add(1, Ordering::Relaxed) % n;
-        list.iter()
-            .cycle()
-            .skip(start)
-            .take(n)
-            .filter(|b| backends.ready(b))
-            .find_map(|b| {
-                let addr = *b.addr.as_inet()?;
-                (!tried.contains(&addr)).then(|| (addr, upstream::info(b).cloned()))
-            })
+        self.balancer.next(self.lb.backends(), tried)
     }
 
     /// Whether another attempt could go to a healthy backend this request has not tried.

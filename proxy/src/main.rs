@@ -3,6 +3,7 @@
 
 mod access_log;
 mod admin;
+mod balance;
 mod cli;
 mod client_ip;
 mod config;

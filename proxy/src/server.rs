@@ -1,5 +1,5 @@
 //! Assembles the Pingora server from validated settings: the proxy service on every listen
-//! address (started once the first discovery has filled the balancer), the balancer with its
+//! address (started once the first discovery and health round are done), the balancer with its
 //! health checks, the admin listener, the reload and drain watchers, and the shutdown signals.
 
 use std::net::TcpListener as StdListener;
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::signals::{PendingReload, ShutdownSignals};
 use crate::state::Live;
-use crate::upstream::{build_balancer, ConfiguredBackends, SystemResolver};
+use crate::upstream::{build_balancer, ConfiguredBackends, SystemResolver, UpstreamService};
 
 /// Pingora's own bound on attempts per request; ours (`upstream.max_retries`, at most 15)
 /// decides below it, so reloads can change it.
@@ -91,11 +91,14 @@ pub fn build(
         metrics.clone(),
         Box::new(SystemResolver),
     );
+    let lb = Arc::new(build_balancer(
+        backends.clone(),
+        &settings.upstream.health_check,
+    ));
     let balancer = background_service(
         "upstream health and discovery",
-        build_balancer(backends.clone(), &settings.upstream.health_check),
+        UpstreamService::new(lb.clone(), &settings.upstream.health_check),
     );
-    let lb = balancer.task();
 
     let settings = Arc::new(settings);
     let live = Arc::new(ArcSwap::from_pointee(Live::new(settings.clone(), None)));
@@ -155,7 +158,7 @@ pub fn build(
 
     server.add_service(admin);
     let upstream = server.add_service(balancer);
-    // No request is accepted before discovery has filled the balancer (host names resolved).
+    // No request before the first discovery and health round (see UpstreamService).
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&upstream);
     server.add_service(reloader);

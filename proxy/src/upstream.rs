@@ -1,26 +1,38 @@
 //! The upstream pool: discovery of the configured backends (host names re-resolved on every
-//! round, so a container restarted with a new IP is found again), the round-robin balancer, and
-//! the HTTP health check that drives `gateway_backend_up`.
+//! round, in parallel and each lookup bounded, so a container restarted with a new IP is found
+//! again), the balancer's backend set, the HTTP health check that drives `gateway_backend_up`,
+//! and the background service that runs discovery and checks (and holds the proxy back until
+//! the first round is done).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use http::HeaderValue;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::config::{BackendAddr, HealthCheckSettings};
 use crate::metrics::{BackendMetrics, Metrics};
 
 /// How often discovery runs: picks up reloaded backend lists and re-resolves host names.
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest wait for one host-name lookup; beyond it the last good answer stays, as on failure.
+/// getaddrinfo's own retries can take tens of seconds, and discovery must keep its pace.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the gateway knows about a backend beyond its address, carried in `Backend::ext`.
 pub struct BackendInfo {
@@ -56,6 +68,7 @@ pub struct ConfiguredBackends {
     list: ArcSwap<Vec<BackendAddr>>,
     metrics: Arc<Metrics>,
     resolver: Box<dyn Resolve>,
+    lookup_timeout: Duration,
     /// Current addresses per label; for host names the last good answer, kept when a lookup
     /// fails so a DNS hiccup drops nothing.
     resolved: Mutex<HashMap<String, Vec<SocketAddr>>>,
@@ -69,10 +82,20 @@ impl ConfiguredBackends {
         metrics: Arc<Metrics>,
         resolver: Box<dyn Resolve>,
     ) -> Arc<Self> {
+        Self::with_lookup_timeout(list, metrics, resolver, LOOKUP_TIMEOUT)
+    }
+
+    fn with_lookup_timeout(
+        list: Vec<BackendAddr>,
+        metrics: Arc<Metrics>,
+        resolver: Box<dyn Resolve>,
+        lookup_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             list: ArcSwap::from_pointee(list),
             metrics,
             resolver,
+            lookup_timeout,
             resolved: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
         })
@@ -88,25 +111,27 @@ impl ConfiguredBackends {
             return vec![SocketAddr::new(ip, backend.port)];
         }
         let label = backend.label();
-        match self.resolver.lookup(&backend.host, backend.port).await {
-            Ok(mut addrs) if !addrs.is_empty() => {
+        let lookup = self.resolver.lookup(&backend.host, backend.port);
+        let failure = match tokio::time::timeout(self.lookup_timeout, lookup).await {
+            Ok(Ok(mut addrs)) if !addrs.is_empty() => {
                 addrs.sort();
                 addrs.dedup();
-                let known = lock(&self.resolved).get(&label).cloned();
-                if known.as_ref() != Some(&addrs) {
+                let changed = lock(&self.resolved).get(&label) != Some(&addrs);
+                if changed {
                     tracing::info!(backend = %label, addresses = ?addrs, "backend resolved");
                 }
-                addrs
+                return addrs;
             }
-            Ok(_) | Err(_) => {
-                let last = lock(&self.resolved)
-                    .get(&label)
-                    .cloned()
-                    .unwrap_or_default();
-                tracing::warn!(backend = %label, kept = ?last, "backend name did not resolve; keeping the last answer");
-                last
-            }
-        }
+            Ok(Ok(_)) => "no addresses".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.lookup_timeout),
+        };
+        let last = lock(&self.resolved)
+            .get(&label)
+            .cloned()
+            .unwrap_or_default();
+        tracing::warn!(backend = %label, error = %failure, kept = ?last, "backend name did not resolve; keeping the last answer");
+        last
     }
 
     /// Records a health change of one address and returns whether its backend (any of the
@@ -124,14 +149,15 @@ impl ConfiguredBackends {
         addrs.is_empty() || addrs.iter().any(|a| !set.contains(a))
     }
 
-    /// One discovery round: every configured backend with its current addresses.
+    /// One discovery round: every configured backend with its current addresses. Names are
+    /// looked up side by side, so one slow name costs a round one lookup timeout, not one each.
     async fn discover_backends(&self) -> BTreeSet<Backend> {
         let list = self.list.load_full();
+        let answers = join_all(list.iter().map(|b| self.resolve(b))).await;
         let mut set = BTreeSet::new();
         let mut current: HashMap<String, Vec<SocketAddr>> = HashMap::new();
-        for configured in list.iter() {
+        for (configured, addrs) in list.iter().zip(answers) {
             let label = configured.label();
-            let addrs = self.resolve(configured).await;
             let info = Arc::new(BackendInfo {
                 header_value: HeaderValue::from_str(&label)
                     .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
@@ -210,7 +236,8 @@ impl HealthObserve for HealthObserver {
     }
 }
 
-/// The balancer with its health check; run it as a background service.
+/// The balancer with its health check. It is empty until its first discovery: run it with
+/// [`UpstreamService`] (its frequencies stay unset; that service schedules both tasks).
 pub fn build_balancer(
     backends: Arc<ConfiguredBackends>,
     health: &HealthCheckSettings,
@@ -219,10 +246,126 @@ pub fn build_balancer(
     let mut lb =
         LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(Discovery(backends))));
     lb.set_health_check(health_check(health, observer));
-    lb.health_check_frequency = Some(health.interval);
-    lb.update_frequency = Some(DISCOVERY_INTERVAL);
     lb.parallel_health_check = true;
     lb
+}
+
+/// Runs the balancer: discovery every [`DISCOVERY_INTERVAL`], health checks every
+/// `health_check.interval`, one at a time (Pingora's `update()` must not overlap itself).
+///
+/// It reports ready only after the first discovery and one round of health checks, so a proxy
+/// service that depends on it takes no request while the backend set is still empty (host-name
+/// backends would get 503 at start and after `-u`) or holds a dead backend. Wiring:
+///
+/// ```ignore
+/// let lb = Arc::new(build_balancer(backends.clone(), &settings.upstream.health_check));
+/// let upstream = background_service("upstream health and discovery",
+///     UpstreamService::new(lb.clone(), &settings.upstream.health_check));
+/// let upstream = server.add_service(upstream);
+/// let proxy = server.add_service(proxy);
+/// proxy.add_dependency(&upstream);
+/// ```
+pub struct UpstreamService {
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    health_interval: Duration,
+    /// How long the first round may hold traffic back. Lookups and probes are bounded on their
+    /// own; this only keeps something unforeseen from keeping the listeners closed for good.
+    first_round_timeout: Duration,
+}
+
+impl UpstreamService {
+    pub fn new(lb: Arc<LoadBalancer<RoundRobin>>, health: &HealthCheckSettings) -> Self {
+        Self {
+            lb,
+            health_interval: health.interval,
+            // A lookup, then a probe's connect and its answer, each at its own limit.
+            first_round_timeout: LOOKUP_TIMEOUT + health.timeout * 2 + Duration::from_secs(1),
+        }
+    }
+
+    async fn discover(&self) {
+        if let Err(e) = self.lb.update().await {
+            tracing::warn!(error = %e, "backend discovery failed; the current backends stay");
+        }
+    }
+
+    async fn check(&self) {
+        let parallel = self.lb.parallel_health_check;
+        self.lb.backends().run_health_check(parallel).await;
+    }
+
+    async fn first_round(&self) {
+        self.discover().await;
+        self.check().await;
+    }
+
+    /// The periodic rounds, after the first.
+    async fn run(&self, mut shutdown: ShutdownWatch) {
+        let now = Instant::now();
+        let mut discovery = interval_at(now + DISCOVERY_INTERVAL, DISCOVERY_INTERVAL);
+        let mut health = interval_at(now + self.health_interval, self.health_interval);
+        // A round that overran its interval is not followed by a burst of catch-up rounds.
+        discovery.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        health.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let finished = tokio::select! {
+                biased;
+                () = shutdown_signalled(&mut shutdown) => return,
+                _ = discovery.tick() => until_shutdown(&mut shutdown, self.discover()).await,
+                _ = health.tick() => until_shutdown(&mut shutdown, self.check()).await,
+            };
+            if finished.is_none() {
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for UpstreamService {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let first = self.first_round();
+        tokio::pin!(first);
+        let bounded = tokio::time::timeout(self.first_round_timeout, first.as_mut());
+        // Returning drops `ready`, which Pingora reads as ready: moot once shutting down.
+        let Some(in_time) = until_shutdown(&mut shutdown, bounded).await else {
+            return;
+        };
+        if in_time.is_err() {
+            tracing::warn!(
+                after = ?self.first_round_timeout,
+                "first backend discovery and health check still running; taking traffic anyway"
+            );
+        }
+        ready.notify_ready();
+        // A late first round is finished, not restarted: no two discoveries at once.
+        if in_time.is_err() && until_shutdown(&mut shutdown, first).await.is_none() {
+            return;
+        }
+        self.run(shutdown).await;
+    }
+}
+
+/// Resolves once shutdown is signalled; never when the watch closed without it (nothing could
+/// signal it any more).
+async fn shutdown_signalled(shutdown: &mut ShutdownWatch) {
+    if shutdown.wait_for(|&stop| stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `work`'s output, or `None` when shutdown came first (`work` is dropped, as Pingora's own
+/// balancer loop drops an in-flight round).
+async fn until_shutdown<F: Future>(shutdown: &mut ShutdownWatch, work: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = shutdown_signalled(shutdown) => None,
+        out = work => Some(out),
+    }
 }
 
 fn health_check(
@@ -337,5 +480,189 @@ mod tests {
         b.replace(vec![]);
         addresses(&b).await;
         assert!(metrics.known_backend("backend1:9000").is_none());
+    }
+
+    /// Answers its first lookup, then never again within any timeout (a hung DNS server).
+    struct StallingResolver {
+        first: SocketAddr,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Resolve for StallingResolver {
+        async fn lookup(&self, _host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                return Ok(vec![self.first]);
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Err(std::io::Error::other("gave up"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lookup_past_its_timeout_keeps_the_last_answer() {
+        let resolver = StallingResolver {
+            first: addr("10.0.0.1:9000"),
+            calls: AtomicUsize::new(0),
+        };
+        let b = ConfiguredBackends::with_lookup_timeout(
+            vec![named("backend1")],
+            Arc::new(Metrics::new().unwrap()),
+            Box::new(resolver),
+            Duration::from_millis(20),
+        );
+        assert_eq!(addresses(&b).await, ["10.0.0.1:9000"]);
+        assert_eq!(addresses(&b).await, ["10.0.0.1:9000"], "last answer kept");
+    }
+
+    /// Holds every lookup until `gate` lookups are in flight at once, counting the most seen:
+    /// one-by-one lookups never get past the gate (and time out with nothing).
+    struct GatedResolver {
+        gate: tokio::sync::Barrier,
+        in_flight: AtomicUsize,
+        most: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Resolve for GatedResolver {
+        async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.gate.wait().await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // backendN answers 10.0.0.N.
+            let n: u8 = host.trim_start_matches("backend").parse().unwrap();
+            Ok(vec![SocketAddr::from(([10, 0, 0, n], port))])
+        }
+    }
+
+    #[tokio::test]
+    async fn names_of_a_round_are_looked_up_together() {
+        let most = Arc::new(AtomicUsize::new(0));
+        let resolver = GatedResolver {
+            gate: tokio::sync::Barrier::new(3),
+            in_flight: AtomicUsize::new(0),
+            most: most.clone(),
+        };
+        let b = ConfiguredBackends::with_lookup_timeout(
+            ["backend1", "backend2", "backend3"].map(named).to_vec(),
+            Arc::new(Metrics::new().unwrap()),
+            Box::new(resolver),
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            addresses(&b).await,
+            ["10.0.0.1:9000", "10.0.0.2:9000", "10.0.0.3:9000"]
+        );
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+    }
+
+    /// Fails the probe of one address; every other passes.
+    struct FailsFor(SocketAddr);
+
+    #[async_trait]
+    impl HealthCheck for FailsFor {
+        async fn check(&self, target: &Backend) -> pingora::Result<()> {
+            if target.addr.as_inet() == Some(&self.0) {
+                return pingora::Error::e_explain(pingora::ErrorType::ConnectRefused, "down");
+            }
+            Ok(())
+        }
+        fn health_threshold(&self, _success: bool) -> usize {
+            1
+        }
+    }
+
+    /// Discovery that never finishes.
+    struct Hung(Arc<AtomicUsize>);
+
+    #[async_trait]
+    impl ServiceDiscovery for Hung {
+        async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        }
+    }
+
+    fn health_settings() -> HealthCheckSettings {
+        HealthCheckSettings {
+            path: "/health".into(),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+        }
+    }
+
+    /// Starts `service` as Pingora would; returns its readiness, its shutdown switch and task.
+    fn start(
+        service: UpstreamService,
+    ) -> (
+        tokio::sync::watch::Receiver<bool>,
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            service
+                .start_with_ready_notifier(stop_rx, ServiceReadyNotifier::new(ready_tx))
+                .await;
+        });
+        (ready_rx, stop_tx, task)
+    }
+
+    /// Bounds a wait that should end at once; a generous limit, only so a bug cannot hang.
+    async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} never happened"))
+    }
+
+    #[tokio::test]
+    async fn ready_only_after_first_discovery_and_health_round() {
+        let (b, _) = setup(vec![Some(vec![
+            addr("10.0.0.1:9000"),
+            addr("10.0.0.2:9000"),
+        ])]);
+        let mut lb =
+            LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(Discovery(b))));
+        lb.set_health_check(Box::new(FailsFor(addr("10.0.0.2:9000"))));
+        lb.parallel_health_check = true;
+        let lb = Arc::new(lb);
+        let (mut ready, stop, task) = start(UpstreamService::new(lb.clone(), &health_settings()));
+
+        bounded("ready", ready.wait_for(|&r| r)).await.unwrap();
+        let backends = lb.backends();
+        let set = backends.get_backend();
+        let up: Vec<String> = set
+            .iter()
+            .filter(|b| backends.ready(b))
+            .map(|b| b.addr.to_string())
+            .collect();
+        assert_eq!(set.len(), 2, "discovered before ready");
+        assert_eq!(up, ["10.0.0.1:9000"], "probed before ready");
+
+        stop.send(true).unwrap();
+        bounded("stop", task).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hung_first_round_holds_traffic_back_only_so_long() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let lb = Arc::new(LoadBalancer::<RoundRobin>::from_backends(Backends::new(
+            Box::new(Hung(calls.clone())),
+        )));
+        let service = UpstreamService {
+            lb,
+            health_interval: Duration::from_millis(100),
+            first_round_timeout: Duration::from_millis(20),
+        };
+        let (mut ready, stop, task) = start(service);
+
+        bounded("ready", ready.wait_for(|&r| r)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Still waiting on that first discovery (never a second beside it): shutdown ends it.
+        stop.send(true).unwrap();
+        bounded("stop", task).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -1,0 +1,209 @@
+//! Start order: the proxy port must not take traffic before the first discovery and health
+//! round, so host-name backends answer from the very first request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NO_LIMIT: &str = "[rate_limit]\nenabled = false";
+
+/// `localhost:PORT` for each backend: names go through discovery's resolver.
+fn by_name(backends: &[&Backend]) -> Vec<String> {
+    backends
+        .iter()
+        .map(|b| format!("localhost:{}", b.addr.port()))
+        .collect()
+}
+
+/// A proxy process spawned without any readiness wait (unlike `Proxy::start`, which waits for
+/// the admin listener first and so gives discovery time to finish).
+struct Spawned {
+    child: Child,
+    addr: SocketAddr,
+    output: PathBuf,
+    _dir: TempDir,
+}
+
+impl Spawned {
+    fn start(backends: &[String]) -> Spawned {
+        let dir = TempDir::new("startup");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut config = base_config(addr, admin, backends, dir.path());
+        merge(&mut config, NO_LIMIT);
+        let config_path = dir.path().join("proxy.toml");
+        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+        let output = dir.path().join("stdout.log");
+        let out = std::fs::File::create(&output).unwrap();
+        let child = Command::new(PROXY_BIN)
+            .arg("-c")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn proxy");
+        Spawned {
+            child,
+            addr,
+            output,
+            _dir: dir,
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    /// The first connection the proxy port accepts, polled every millisecond (bounded).
+    async fn first_connection(&mut self) -> Conn {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(conn) = Conn::connect(self.addr, None).await {
+                return conn;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("proxy exited with {status}; output:\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy port never opened; output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_name_backends_answer_from_the_first_accepted_connection() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let backends = by_name(&[&a, &b]);
+    for start in 0..10 {
+        let mut proxy = Spawned::start(&backends);
+        let mut conn = proxy.first_connection().await;
+        // At once on the connection that found the port open, then sequentially, then side by side.
+        let r = conn
+            .request("GET", "/start", &[])
+            .await
+            .expect("first connection answers");
+        let mut statuses = vec![(r.status, r.text())];
+        let mut client = Client::new(proxy.addr);
+        for _ in 0..4 {
+            let r = client.get("/start").await.expect("request");
+            statuses.push((r.status, r.text()));
+        }
+        let fresh: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(get_with(proxy.addr, None, "/start", &[])))
+            .collect();
+        for t in fresh {
+            let r = t.await.expect("request task");
+            statuses.push((r.status, r.text()));
+        }
+        let bad: Vec<_> = statuses
+            .iter()
+            .filter(|(s, _)| !(200..300).contains(s))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "start {start}: non-2xx {bad:?}; output:\n{}",
+            proxy.output()
+        );
+    }
+}
+
+/// GETs on a fresh connection each (so the new process's first accepted connections are among
+/// them) until `stop`, bounded; returns the statuses and errors.
+async fn fresh_connection_load(to: SocketAddr, stop: Arc<AtomicBool>) -> (Vec<u16>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut statuses, mut errors) = (Vec::new(), Vec::new());
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let answer = match Conn::connect(to, None).await {
+            Ok(mut conn) => {
+                conn.request("GET", "/upgrade", &[("Connection", "close")])
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(r) => statuses.push(r.status),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (statuses, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_name_backends_answer_across_an_upgrade() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut proxy = Proxy::start_with(by_name(&[&a, &b]), NO_LIMIT, true).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(fresh_connection_load(proxy.addr, stop.clone())))
+        .collect();
+
+    let sock = proxy.dir.path().join("upgrade.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut old = proxy.spawn_upgrade();
+    let waiting = wait_until(Duration::from_secs(10), || {
+        let sock = sock.clone();
+        async move { sock.exists() }
+    })
+    .await;
+    assert!(waiting, "no upgrade socket:\n{}", proxy.output());
+    let quit = Command::new("kill")
+        .args(["-QUIT", &old.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+
+    // The old process hands over, serves on for its 5 s window, then drains and exits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let old_status = loop {
+        if let Ok(Some(status)) = old.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let (mut statuses, mut errors) = (Vec::new(), Vec::new());
+    for load in loads {
+        let (s, e) = load.await.expect("load task");
+        statuses.extend(s);
+        errors.extend(e);
+    }
+    let old_status = old_status.unwrap_or_else(|| {
+        let _ = old.kill();
+        panic!("old process did not exit:\n{}", proxy.output())
+    });
+    assert!(old_status.success(), "old process: {old_status:?}");
+    let bad: Vec<_> = statuses
+        .iter()
+        .filter(|s| !(200..300).contains(*s))
+        .collect();
+    assert!(
+        bad.is_empty() && errors.is_empty(),
+        "{} requests; non-2xx {bad:?}; errors {errors:?}; output:\n{}",
+        statuses.len(),
+        proxy.output()
+    );
+    assert_eq!(get(proxy.addr, "/new").await.status, 200);
+}
