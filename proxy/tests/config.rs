@@ -277,3 +277,19 @@ fn server_connection_keys_out_of_range() {
         );
     }
 }
+
+#[test]
+fn unwritable_log_file_names_key_and_path() {
+    // Paths that fail for root too: /proc cannot hold new directories, and a regular file
+    // cannot be a directory.
+    let scratch = TempDir::new("logfile");
+    let regular = scratch.path().join("plain");
+    std::fs::write(&regular, "x").unwrap();
+    let under_file = regular.join("proxy.log");
+    for bad in [PathBuf::from("/proc/nonexistent/proxy.log"), under_file] {
+        let text = format!("{OK_UPSTREAM}[log]\nfile = \"{}\"\n", bad.display());
+        assert_rejected(&text, "log.file", 4);
+        let (_, out, _, _dir) = check(&text);
+        assert!(out.contains(&bad.display().to_string()), "{out}");
+    }
+}

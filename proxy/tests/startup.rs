@@ -149,52 +149,33 @@ async fn fresh_connection_load(to: SocketAddr, stop: Arc<AtomicBool>) -> (Vec<u1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_name_backends_answer_across_an_upgrade() {
+async fn host_name_backends_answer_across_two_upgrades() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let mut proxy = Proxy::start_with(by_name(&[&a, &b]), NO_LIMIT, true).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let loads: Vec<_> = (0..2)
+    // Four clients: two on a fresh connection per request (so the new process's first accepted
+    // connections are among them), two kept alive.
+    let fresh: Vec<_> = (0..2)
         .map(|_| tokio::spawn(fresh_connection_load(proxy.addr, stop.clone())))
         .collect();
+    let kept = tokio::spawn(load(proxy.addr, "/upgrade", 1_000_000, 2, stop.clone()));
 
-    let sock = proxy.dir.path().join("upgrade.sock");
-    let _ = std::fs::remove_file(&sock);
-    let mut old = proxy.spawn_upgrade();
-    let waiting = wait_until(Duration::from_secs(10), || {
-        let sock = sock.clone();
-        async move { sock.exists() }
-    })
-    .await;
-    assert!(waiting, "no upgrade socket:\n{}", proxy.output());
-    let quit = Command::new("kill")
-        .args(["-QUIT", &old.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(quit.success());
-
-    // The old process hands over, serves on for its 5 s window, then drains and exits.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let old_status = loop {
-        if let Ok(Some(status)) = old.try_wait() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    for round in 0..2 {
+        let status = proxy.upgrade().await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: old process {status:?}:\n{}",
+            proxy.output()
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     let (mut statuses, mut errors) = (Vec::new(), Vec::new());
-    for load in loads {
+    for load in fresh {
         let (s, e) = load.await.expect("load task");
         statuses.extend(s);
         errors.extend(e);
     }
-    let old_status = old_status.unwrap_or_else(|| {
-        let _ = old.kill();
-        panic!("old process did not exit:\n{}", proxy.output())
-    });
-    assert!(old_status.success(), "old process: {old_status:?}");
+    let kept = kept.await.expect("keep-alive load");
     let bad: Vec<_> = statuses
         .iter()
         .filter(|s| !(200..300).contains(*s))
@@ -204,6 +185,10 @@ async fn host_name_backends_answer_across_an_upgrade() {
         "{} requests; non-2xx {bad:?}; errors {errors:?}; output:\n{}",
         statuses.len(),
         proxy.output()
+    );
+    assert!(
+        kept.ok > 0 && kept.non_2xx.is_empty() && kept.errors.is_empty(),
+        "keep-alive clients: {kept:?}"
     );
     assert_eq!(get(proxy.addr, "/new").await.status, 200);
 }
