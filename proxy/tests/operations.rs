@@ -251,39 +251,9 @@ async fn upgrade_hands_listeners_over_without_losing_requests() {
     assert!(flowing);
 
     // The new process waits on the upgrade socket; the old one hands over on SIGQUIT.
-    let sock = proxy.dir.path().join("upgrade.sock");
-    let _ = std::fs::remove_file(&sock);
-    let mut old = proxy.spawn_upgrade();
-    let waiting = wait_until(Duration::from_secs(10), || {
-        let sock = sock.clone();
-        async move { sock.exists() }
-    })
-    .await;
-    assert!(
-        waiting,
-        "new process never opened the upgrade socket:\n{}",
-        proxy.output()
-    );
-    std::process::Command::new("kill")
-        .args(["-QUIT", &old.id().to_string()])
-        .status()
-        .unwrap();
-
-    // The old process drains and exits (5 s hand-over window + 1 + 1 s drain).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let old_status = loop {
-        if let Ok(Some(status)) = old.try_wait() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let old_status = old_status.unwrap_or_else(|| {
-        let _ = old.kill();
-        panic!("old process did not exit:\n{}", proxy.output())
-    });
+    let old_status = proxy.upgrade().await;
+    let old_status =
+        old_status.unwrap_or_else(|| panic!("old process did not exit:\n{}", proxy.output()));
     assert!(old_status.success(), "old process: {old_status:?}");
 
     // The new one keeps serving.

@@ -321,6 +321,39 @@ impl Proxy {
         old
     }
 
+    /// Zero-downtime upgrade: starts a process with `-u`, waits until it listens on the upgrade
+    /// socket, sends SIGQUIT to the running one and waits (bounded) for it to hand over, drain
+    /// and exit. Returns the old process's exit status (`None`: it did not exit in time).
+    pub async fn upgrade(&mut self) -> Option<ExitStatus> {
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let mut old = self.spawn_upgrade();
+        let waiting = wait_until(Duration::from_secs(10), || {
+            let sock = sock.clone();
+            async move { sock.exists() }
+        })
+        .await;
+        assert!(
+            waiting,
+            "new process never opened the upgrade socket:\n{}",
+            self.output()
+        );
+        send_signal(old.id(), "QUIT");
+        // The hand-over window is 5 s, then the drain.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = old.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = old.kill();
+                let _ = old.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_listening(&self, ready: bool) {
         let admin = self.admin;
         let path = if ready { "/ready" } else { "/health" };
