@@ -146,14 +146,26 @@ impl Backend {
         child.wait().ok()
     }
 
-    /// `/stats` of the backend: accepted connections and requests.
+    /// `/stats` of the backend: connections, requests, in flight, requests per path.
     pub async fn stats(&self) -> serde_json::Value {
         get(self.addr, "/stats").await.json()
     }
 
-    /// Requests served so far, including the `/stats` call that asks.
+    /// Requests served so far, health probes and `/stats` calls left out: only what tests sent.
     pub async fn requests(&self) -> u64 {
         self.stats().await["requests"].as_u64().unwrap_or(0)
+    }
+
+    /// Requests served so far for exactly `path` (without the query).
+    pub async fn path_count(&self, path: &str) -> u64 {
+        self.stats().await["paths"][path].as_u64().unwrap_or(0)
+    }
+
+    /// Connections that carried a request other than a health probe or `/stats`.
+    pub async fn traffic_connections(&self) -> u64 {
+        self.stats().await["traffic_connections"]
+            .as_u64()
+            .unwrap_or(0)
     }
 }
 
