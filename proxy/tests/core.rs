@@ -117,7 +117,8 @@ async fn upstream_connections_are_pooled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_down_at_start_costs_nothing() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let dead = format!("127.0.0.1:{}", free_port());
+    let down = PortHold::new();
+    let dead = down.addr.to_string();
     let mut backends = backend_list(&[&a, &b]);
     backends.insert(1, dead.clone());
     let proxy = Proxy::start_with(backends, "[rate_limit]\nenabled = false", true).await;
@@ -227,9 +228,8 @@ async fn sigkilled_backend_costs_clients_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_backends_down_answers_json_502_or_503() {
-    let dead: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let down = [PortHold::new(), PortHold::new()];
+    let dead: Vec<String> = down.iter().map(|h| h.addr.to_string()).collect();
     let proxy = Proxy::start_with(dead.clone(), "", false).await;
 
     // Before the first health check every backend counts as healthy: each is tried, all fail.
