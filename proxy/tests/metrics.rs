@@ -17,13 +17,12 @@ async fn counts_add_up_after_traffic_with_429s() {
     for _ in 0..n {
         client.get("/m").await.unwrap();
     }
-    // logging() runs just after the last response is sent: wait for it, then read once.
+    // logging() runs just after the last response is sent, and the in-flight count drops just
+    // after logging(): wait for both, then read once.
     let settled = wait_until(Duration::from_secs(5), || async {
-        proxy
-            .metrics()
-            .await
-            .sum("gateway_request_duration_seconds_count", &[])
-            >= n as f64
+        let m = proxy.metrics().await;
+        m.sum("gateway_request_duration_seconds_count", &[]) >= n as f64
+            && m.sum("gateway_inflight_requests", &[]) == 0.0
     })
     .await;
     assert!(settled);

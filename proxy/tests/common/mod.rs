@@ -207,6 +207,100 @@ impl Drop for Backend {
 }
 
 // ---------------------------------------------------------------------------------------------
+// held backend
+
+/// An in-test backend that answers `/health` at once and holds every other request until
+/// `release`: a test that needs requests in flight keeps them there for as long as it checks
+/// something, with no delay to outlast and no window to miss.
+pub struct HeldBackend {
+    pub addr: SocketAddr,
+    arrived: std::sync::Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HeldBackend {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind held backend");
+        let addr = listener.local_addr().expect("local addr");
+        let arrived = std::sync::Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counter = arrived.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    let mut stream = AsyncBufReader::new(stream);
+                    loop {
+                        // A request head (these GETs have no body).
+                        let mut first = String::new();
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            match stream.read_line(&mut line).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            if first.is_empty() {
+                                first = line.clone();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        if !first.starts_with("GET /health ") {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            if released.wait_for(|r| *r).await.is_err() {
+                                return;
+                            }
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+                        if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HeldBackend {
+            addr,
+            arrived,
+            release,
+            task,
+        }
+    }
+
+    /// Requests (other than `/health`) that have arrived so far, held or answered.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Polls (bounded) until `n` requests have arrived.
+    pub async fn wait_arrived(&self, n: usize) -> bool {
+        wait_until(
+            Duration::from_secs(10),
+            || async move { self.arrived() >= n },
+        )
+        .await
+    }
+
+    /// Answers every held request, and every later one at once.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
+    }
+}
+
+impl Drop for HeldBackend {
+    fn drop(&mut self) {
+        self.release();
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // proxy
 
 /// Starts of one proxy tried before giving up; each retry is on new ports.
@@ -228,7 +322,9 @@ pub struct Proxy {
     holds: [PortHold; 2],
 }
 
-/// The config every test proxy starts from: fast health checks, logs in the temp dir.
+/// The config every test proxy starts from: frequent health checks, logs in the temp dir.
+/// A probe gets far longer than a loaded machine needs, so a slow probe never takes a live
+/// backend out of rotation (one failed probe does); a killed backend is refused at once.
 pub fn base_config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -254,7 +350,7 @@ max_retries = 2
 [upstream.health_check]
 path = "/health"
 interval_ms = 300
-timeout_ms = 250
+timeout_ms = 2000
 
 [rate_limit]
 enabled = true
