@@ -20,15 +20,47 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Backends on port 0: each prints the port the OS gave it, so no port is picked and released.
+backend_port() {
+  sed -n 's/^mock-backend .* listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$1" | head -n 1
+}
 ports=()
 for n in 1 2 3; do
-  port=$(free_port); ports+=("$port")
-  "$BIN/mock-backend" --listen "127.0.0.1:$port" --name "backend$n" >/dev/null 2>&1 &
+  "$BIN/mock-backend" --listen 127.0.0.1:0 --name "backend$n" >"$work/backend$n.out" 2>&1 &
   pids+=($!)
+  port=
+  for ((i = 0; i < 300; i++)); do
+    port=$(backend_port "$work/backend$n.out")
+    [ -n "$port" ] && break
+    kill -0 "${pids[-1]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$port" ] || { echo "backend$n did not start: $(cat "$work/backend$n.out")" >&2; exit 1; }
+  ports+=("$port")
 done
 backend2_pid=${pids[1]}
-proxy_port=$(free_port); admin_port=$(free_port); prom_port=$(free_port)
-cat >"$work/proxy.toml" <<TOML
+
+# started_or_taken OUT PID URL: 0 when URL answers 200; 1 when the process exited or printed
+# that its port is taken (a port picked by free_port can be taken before it is bound); 2 when
+# neither happened within 30 s.
+started_or_taken() {
+  local out=$1 pid=$2 url=$3 i
+  for ((i = 0; i < 300; i++)); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)" = 200 ] && return 0
+    if ! kill -0 "$pid" 2>/dev/null || grep -qiE 'is in use|address in use|already in use' "$out"; then
+      return 1
+    fi
+    sleep 0.1
+  done
+  return 2
+}
+
+# The proxy and Prometheus listen on ports picked in advance: tried again on new ports (three
+# attempts) when one was taken in between.
+started=0
+for attempt in 1 2 3; do
+  proxy_port=$(free_port); admin_port=$(free_port)
+  cat >"$work/proxy.toml" <<TOML
 [server]
 listen = "127.0.0.1:$proxy_port"
 grace_period_seconds = 1
@@ -47,12 +79,21 @@ listen = "127.0.0.1:$admin_port"
 level = "warn"
 access_log = false
 TOML
-"$BIN/proxy" -c "$work/proxy.toml" >"$work/proxy.out" 2>&1 &
-proxy_pid=$!
-pids+=("$proxy_pid")
-wait_http "http://127.0.0.1:$admin_port/ready" 200 30
+  "$BIN/proxy" -c "$work/proxy.toml" >"$work/proxy.out" 2>&1 &
+  proxy_pid=$!
+  pids+=("$proxy_pid")
+  rc=0; started_or_taken "$work/proxy.out" "$proxy_pid" "http://127.0.0.1:$admin_port/ready" || rc=$?
+  [ "$rc" = 0 ] && { started=1; break; }
+  kill -9 "$proxy_pid" 2>/dev/null || true
+  [ "$rc" = 2 ] && break
+  echo "proxy did not start (attempt $attempt): $(tail -n 3 "$work/proxy.out")" >&2
+done
+[ "$started" = 1 ] || { echo "the proxy did not become ready: $(tail -n 5 "$work/proxy.out")" >&2; exit 1; }
 
-cat >"$work/prometheus.yml" <<YML
+started=0
+for attempt in 1 2 3; do
+  prom_port=$(free_port)
+  cat >"$work/prometheus.yml" <<YML
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
@@ -63,11 +104,19 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:$admin_port"]
 YML
-promtool check config "$work/prometheus.yml" >/dev/null
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
-  --web.listen-address="127.0.0.1:$prom_port" >"$work/prometheus.out" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$prom_port/-/ready" 200 60
+  promtool check config "$work/prometheus.yml" >/dev/null
+  rm -rf "$work/data"
+  prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
+    --web.listen-address="127.0.0.1:$prom_port" >"$work/prometheus.out" 2>&1 &
+  prom_pid=$!
+  pids+=("$prom_pid")
+  rc=0; started_or_taken "$work/prometheus.out" "$prom_pid" "http://127.0.0.1:$prom_port/-/ready" || rc=$?
+  [ "$rc" = 0 ] && { started=1; break; }
+  kill -9 "$prom_pid" 2>/dev/null || true
+  [ "$rc" = 2 ] && break
+  echo "prometheus did not start (attempt $attempt): $(tail -n 3 "$work/prometheus.out")" >&2
+done
+[ "$started" = 1 ] || { echo "prometheus did not become ready: $(tail -n 5 "$work/prometheus.out")" >&2; exit 1; }
 
 echo "==> traffic for 20 s (many clients, 429s, backend2 killed at 8 s, reload at 10 s)"
 python3 - "$proxy_port" "$backend2_pid" "$proxy_pid" <<'PY'
@@ -98,18 +147,49 @@ bad = {c: n for c, n in codes.items() if c not in ("200", "429")}
 sys.exit(1 if bad or "429" not in codes or "200" not in codes else 0)
 PY
 
-# Let Prometheus take a few more scrapes of the final state.
-sleep 3
+echo "==> waiting for Prometheus to scrape the final counts"
+# The traffic has ended: poll until Prometheus holds what the proxy counts (bounded), rather
+# than sleeping for a few scrape intervals.
+python3 - "$admin_port" "$prom_port" <<'PY'
+import json, sys, time, urllib.parse, urllib.request
+admin, prom = sys.argv[1], sys.argv[2]
+def proxy_total():
+    text = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % admin, timeout=5).read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith("gateway_requests_total{"))
+def prom_total():
+    q = urllib.parse.urlencode({"query": "sum(gateway_requests_total)"})
+    body = json.load(urllib.request.urlopen("http://127.0.0.1:%s/api/v1/query?%s" % (prom, q), timeout=5))
+    result = body["data"]["result"]
+    return float(result[0]["value"][1]) if result else -1.0
+want = proxy_total()
+deadline = time.monotonic() + 60
+while True:
+    got = prom_total()
+    if got >= want:
+        print("Prometheus has %d of %d requests" % (got, want))
+        break
+    if time.monotonic() > deadline:
+        print("Prometheus has %d of %d requests after 60 s" % (got, want))
+        sys.exit(1)
+    time.sleep(0.2)
+PY
 echo "==> dashboard queries against Prometheus"
 python3 loadtest/check_dashboard.py --prometheus "http://127.0.0.1:$prom_port"
 
 echo "==> recording and alerting rules"
 python3 - "$prom_port" <<'PY'
-import json, sys, urllib.request
-rules = json.load(urllib.request.urlopen("http://127.0.0.1:%s/api/v1/rules" % sys.argv[1]))
-bad = [(r["name"], r.get("lastError")) for g in rules["data"]["groups"] for r in g["rules"]
-       if r.get("health") != "ok"]
-count = sum(len(g["rules"]) for g in rules["data"]["groups"])
-print("rules evaluated:", count, "unhealthy:", bad)
-sys.exit(1 if bad or count == 0 else 0)
+import json, sys, time, urllib.request
+# A rule is "unknown" until its first evaluation: poll (bounded) until none is.
+deadline = time.monotonic() + 60
+while True:
+    rules = json.load(urllib.request.urlopen("http://127.0.0.1:%s/api/v1/rules" % sys.argv[1], timeout=5))
+    all_rules = [r for g in rules["data"]["groups"] for r in g["rules"]]
+    pending = [r["name"] for r in all_rules if r.get("health") == "unknown"]
+    if not pending or time.monotonic() > deadline:
+        break
+    time.sleep(0.2)
+bad = [(r["name"], r.get("health"), r.get("lastError")) for r in all_rules if r.get("health") != "ok"]
+print("rules evaluated:", len(all_rules), "unhealthy:", bad)
+sys.exit(1 if bad or not all_rules else 0)
 PY

@@ -5,7 +5,8 @@
 //! - `/delay/{ms}`    echo, answered after `ms` milliseconds
 //! - `/status/{code}` echo with that status code
 //! - `/bytes/{n}`     `n` bytes of body
-//! - `/stats`         JSON counters: TCP connections accepted, requests served, in flight
+//! - `/stats`         JSON counters (see `routes::Stats`): `connections`, `traffic_connections`,
+//!   `requests` (all but `/health` and `/stats`), `in_flight`, `paths` (per path)
 //! - anything else    200 echo: `{"backend", "method", "path", "headers"}`
 //!
 //! On SIGTERM or SIGINT it stops accepting, lets in-flight requests finish (bounded), and exits.
@@ -25,7 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use routes::{handle, Stats};
+use routes::{handle, Connection, Stats};
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,7 +79,8 @@ async fn run(cli: Cli) -> std::io::Result<()> {
                 let _ = stream.set_nodelay(true);
                 stats.connection_accepted();
                 let stats = stats.clone();
-                let service = service_fn(move |req| handle(req, stats.clone()));
+                let per_conn = Arc::new(Connection::default());
+                let service = service_fn(move |req| handle(req, stats.clone(), per_conn.clone()));
                 let conn = http1::Builder::new()
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service);

@@ -1,9 +1,9 @@
 //! Request routing for the mock backend: one handler matched on the path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,13 +16,34 @@ use hyper::{Request, Response, StatusCode};
 const MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Longest `/delay/{ms}` we honour.
 const MAX_DELAY_MS: u64 = 600_000;
+/// Distinct paths counted one by one on `/stats`; beyond this they share [`OTHER_PATHS`], so a
+/// client walking endless paths cannot grow the map without bound.
+const MAX_PATHS: usize = 10_000;
+const OTHER_PATHS: &str = "(other)";
 
-/// Counters served on `/stats`, so tests can see connection reuse.
+/// Counters served on `/stats`, so tests can see connection reuse and count what they sent.
+///
+/// Health probes arrive on their own schedule, so they are left out of `requests` and
+/// `traffic_connections` (they still show in `paths`); a test that counts what it sent is then
+/// never off by a probe that happened to land. Reads of `/stats` itself are counted nowhere:
+/// reading the counters does not move them.
 pub struct Stats {
     name: String,
+    /// Every TCP connection accepted, health probes' included.
     connections: AtomicU64,
+    /// Connections that carried at least one counted request.
+    traffic_connections: AtomicU64,
+    /// Requests other than `/health` and `/stats`.
     requests: AtomicU64,
     in_flight: AtomicU64,
+    /// Requests by path (without the query), `/health` included.
+    paths: Mutex<HashMap<String, u64>>,
+}
+
+/// Per-connection state: whether the connection has carried a counted request yet.
+#[derive(Default)]
+pub struct Connection {
+    counted: AtomicBool,
 }
 
 /// Counts a request as in flight until it is answered.
@@ -46,13 +67,63 @@ impl Stats {
         Self {
             name,
             connections: AtomicU64::new(0),
+            traffic_connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            paths: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn connection_accepted(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request for `path` arriving on `conn` (see [`Stats`] for what is left out).
+    fn count(&self, path: &str, conn: &Connection) {
+        if path == "/stats" {
+            return;
+        }
+        {
+            // A poisoned lock only means a counting thread panicked; the counts are still usable.
+            let mut paths = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+            let key = if paths.len() < MAX_PATHS || paths.contains_key(path) {
+                path
+            } else {
+                OTHER_PATHS
+            };
+            match paths.get_mut(key) {
+                Some(n) => *n += 1,
+                None => {
+                    paths.insert(key.to_owned(), 1);
+                }
+            }
+        }
+        if path == "/health" {
+            return;
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !conn.counted.swap(true, Ordering::Relaxed) {
+            self.traffic_connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let paths: BTreeMap<String, u64> = self
+            .paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        serde_json::json!({
+            "backend": self.name,
+            "connections": self.connections.load(Ordering::Relaxed),
+            "traffic_connections": self.traffic_connections.load(Ordering::Relaxed),
+            "requests": self.requests.load(Ordering::Relaxed),
+            // Includes the /stats request itself.
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "paths": paths,
+        })
     }
 }
 
@@ -60,26 +131,18 @@ impl Stats {
 pub async fn handle(
     req: Request<Incoming>,
     stats: Arc<Stats>,
+    conn: Arc<Connection>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    let _in_flight = InFlight::new(&stats.in_flight);
     let path = req.uri().path().to_owned();
+    stats.count(&path, &conn);
+    let _in_flight = InFlight::new(&stats.in_flight);
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let first = segments.next().unwrap_or("");
     let arg = segments.next();
 
     let response = match (first, arg) {
         ("health", None) => text(StatusCode::OK, "ok\n"),
-        ("stats", None) => json(
-            StatusCode::OK,
-            serde_json::json!({
-                "backend": stats.name,
-                "connections": stats.connections.load(Ordering::Relaxed),
-                "requests": stats.requests.load(Ordering::Relaxed),
-                // Includes the /stats request itself.
-                "in_flight": stats.in_flight.load(Ordering::Relaxed),
-            }),
-        ),
+        ("stats", None) => json(StatusCode::OK, stats.snapshot()),
         ("delay", Some(ms)) => match ms.parse::<u64>() {
             Ok(ms) if ms <= MAX_DELAY_MS => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -170,4 +233,47 @@ fn build(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_leave_out_probes_and_their_own_reads() {
+        let stats = Stats::new("t".into());
+        let (probe_conn, traffic_conn) = (Connection::default(), Connection::default());
+        stats.count("/health", &probe_conn);
+        stats.count("/stats", &probe_conn);
+        stats.count("/x", &traffic_conn);
+        stats.count("/x", &traffic_conn);
+        stats.count("/health", &traffic_conn);
+        stats.count("/y", &traffic_conn);
+        let s = stats.snapshot();
+        assert_eq!(s["requests"], 3);
+        assert_eq!(s["traffic_connections"], 1);
+        assert_eq!(
+            s["paths"],
+            serde_json::json!({"/health": 2, "/x": 2, "/y": 1})
+        );
+    }
+
+    #[test]
+    fn distinct_paths_are_bounded() {
+        let stats = Stats::new("t".into());
+        let conn = Connection::default();
+        for i in 0..MAX_PATHS + 5 {
+            stats.count(&format!("/p/{i}"), &conn);
+        }
+        stats.count("/p/0", &conn);
+        let s = stats.snapshot();
+        let paths = s["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), MAX_PATHS + 1);
+        assert_eq!(paths[OTHER_PATHS], 5);
+        assert_eq!(
+            paths["/p/0"], 2,
+            "a path already counted keeps its own entry"
+        );
+        assert_eq!(s["requests"], (MAX_PATHS + 6) as u64);
+    }
 }

@@ -348,6 +348,9 @@ const CACHED_STATUSES: [u16; 26] = [
     422, 429, 499, 500, 502, 503, 504,
 ];
 
+/// `status` label of responses whose code is outside 100–599.
+pub const INVALID_STATUS: &str = "invalid";
+
 /// `gateway_requests_total` of one backend. `with_label_values` hashes three strings under a
 /// lock on every call (~700 instructions per request, callgrind); the handles of common
 /// method × status pairs are resolved once instead.
@@ -368,8 +371,15 @@ impl RequestCounters {
         }
     }
 
-    /// Counts one answered request; `status` is the label of `code` (e.g. "499").
+    /// Counts one answered request; `status` is the label of `code` (e.g. "499"). Codes outside
+    /// 100–599 are labelled [`INVALID_STATUS`]: a backend may send any three-digit code, and each
+    /// would otherwise add a series of its own.
     pub fn inc(&self, method: &http::Method, code: u16, status: &str) {
+        let status = if (100..=599).contains(&code) {
+            status
+        } else {
+            INVALID_STATUS
+        };
         let method = method_index(method);
         let resolve = || {
             self.vec
@@ -382,5 +392,45 @@ impl RequestCounters {
             },
             Err(_) => resolve().inc(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::core::Collector;
+
+    #[test]
+    fn statuses_outside_100_to_599_share_one_invalid_series() {
+        let vec = IntCounterVec::new(
+            Opts::new("gateway_requests_total", "test"),
+            &["backend", "method", "status"],
+        )
+        .unwrap();
+        let counters = RequestCounters::new(&vec, "b");
+        for code in [600u16, 700, 999, 600] {
+            counters.inc(&http::Method::GET, code, &code.to_string());
+        }
+        counters.inc(&http::Method::GET, 599, "599");
+        counters.inc(&http::Method::GET, 100, "100");
+        counters.inc(&http::Method::GET, 200, "200");
+
+        let get = |status: &str| vec.with_label_values(&["b", "GET", status]).get();
+        assert_eq!(get(INVALID_STATUS), 4);
+        assert_eq!((get("599"), get("100"), get("200")), (1, 1, 1));
+        let statuses: Vec<String> = vec.collect()[0]
+            .get_metric()
+            .iter()
+            .flat_map(|m| m.get_label().iter())
+            .filter(|l| l.name() == "status")
+            .map(|l| l.value().to_owned())
+            .collect();
+        assert_eq!(statuses.len(), 4, "{statuses:?}");
+        assert!(
+            !statuses
+                .iter()
+                .any(|s| s == "600" || s == "700" || s == "999"),
+            "{statuses:?}"
+        );
     }
 }

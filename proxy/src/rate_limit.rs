@@ -193,11 +193,17 @@ fn shard_index(key: u128, bits: u32) -> usize {
     (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
 }
 
+/// Time into the current window. Requests take their clock reading when they start, so one
+/// that started earlier can reach the limiter after another has moved the window start past its
+/// reading: it is taken as arriving at the window start (the decision is made no earlier).
+fn elapsed_in(w: &Window, now_ms: u64, window_ms: u64) -> u64 {
+    now_ms.saturating_sub(w.start_ms).min(window_ms)
+}
+
 /// Advances `w` to `now_ms`, then admits and counts one request if the budget allows.
 fn decide(w: &mut Window, now_ms: u64, limit: u32, window_ms: u64) -> Decision {
     roll(w, now_ms, window_ms);
-    let elapsed = now_ms.saturating_sub(w.start_ms);
-    let left_of_window = window_ms - elapsed.min(window_ms);
+    let left_of_window = window_ms - elapsed_in(w, now_ms, window_ms);
     // Weighted count in units of 1/window_ms requests, exact in integers.
     let weighted = |curr: u32| -> u128 {
         w.prev as u128 * left_of_window as u128 + curr as u128 * window_ms as u128
@@ -239,8 +245,10 @@ fn roll(w: &mut Window, now_ms: u64, window_ms: u64) {
 }
 
 /// Milliseconds from `now_ms` until one more request fits, for a client that was just refused.
+/// A reading before the window start counts from the window start (see [`elapsed_in`]): never
+/// more than the wait from the moment of the decision, and at least 1 ms.
 fn retry_after_ms(w: &Window, now_ms: u64, limit: u32, window_ms: u64) -> u64 {
-    let elapsed = now_ms - w.start_ms;
+    let elapsed = elapsed_in(w, now_ms, window_ms);
     // Within the current window: need prev × (window − e) ≤ (limit − curr − 1) × window.
     if w.curr < limit && w.prev > 0 {
         let room = (limit - w.curr - 1) as u128 * window_ms as u128;
@@ -253,12 +261,12 @@ fn retry_after_ms(w: &Window, now_ms: u64, limit: u32, window_ms: u64) -> u64 {
     // In the next window, prev becomes curr: need curr × (window − e') ≤ (limit − 1) × window.
     let to_next = window_ms - elapsed;
     if w.curr == 0 {
-        return to_next;
+        return to_next.max(1);
     }
-    let room = (limit - 1) as u128 * window_ms as u128;
+    let room = limit.saturating_sub(1) as u128 * window_ms as u128;
     let max_left = (room / w.curr as u128) as u64;
     let e_needed = window_ms - max_left.min(window_ms);
-    to_next + e_needed
+    (to_next + e_needed).max(1)
 }
 
 #[cfg(test)]
@@ -397,6 +405,106 @@ mod tests {
                 assert!(!l3.check_at(key(1), sent_at + 10 + ra_ms - 1500).allowed);
             }
         }
+    }
+
+    /// Request A starts at t1, B at t2 > t1, but B reaches the limiter first and anchors the
+    /// window at t2; A then arrives with a reading before the window start.
+    #[test]
+    fn reading_before_the_window_start_is_decided_as_at_the_start() {
+        let (t1, t2) = (9_000, 10_000);
+        for limit in [1u32, 5, 100] {
+            let l = limiter(limit, 10);
+            for _ in 0..limit {
+                assert!(l.check_at(key(1), t2).allowed);
+            }
+            let late = l.check_at(key(1), t1);
+            assert!(!late.allowed, "limit {limit}");
+            assert_eq!(late.remaining, 0);
+            // The same answer as a request read at the window start: a full burst waits the
+            // window plus one window/limit slice, rounded up to whole seconds.
+            let at_start = l.check_at(key(1), t2);
+            assert_eq!(late, at_start, "limit {limit}");
+            let bound = (W + W.div_ceil(limit as u64)).div_ceil(1000);
+            assert!(
+                (1..=bound).contains(&late.retry_after_secs),
+                "limit {limit}: Retry-After {} not in 1..={bound}",
+                late.retry_after_secs
+            );
+            // Waiting as told from the window start is enough.
+            let after_wait = t2 + late.retry_after_secs * 1000;
+            assert!(l.check_at(key(1), after_wait).allowed, "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn interleaved_readings_admit_exactly_the_limit() {
+        let l = limiter(10, 10);
+        let admitted = (0..30)
+            .filter(|i| {
+                let now = if i % 2 == 0 { 5_000 } else { 4_700 };
+                l.check_at(key(1), now).allowed
+            })
+            .count();
+        assert_eq!(admitted, 10);
+        // Across a window edge: B rolls the window forward, A still reads the old window.
+        let l = limiter(10, 10);
+        for _ in 0..10 {
+            assert!(l.check_at(key(1), 0).allowed);
+        }
+        assert!(
+            !l.check_at(key(1), W + 100).allowed,
+            "the old window weighs ~10"
+        );
+        let late = l.check_at(key(1), W - 50);
+        assert!(!late.allowed);
+        assert!(late.retry_after_secs >= 1);
+    }
+
+    #[test]
+    fn retry_after_with_a_reading_before_the_window_start() {
+        let start = 10_000;
+        // A full burst and nothing before: the window, then one window/limit slice.
+        let full = Window {
+            start_ms: start,
+            prev: 0,
+            curr: 100,
+        };
+        assert_eq!(retry_after_ms(&full, start, 100, W), 60_600);
+        assert_eq!(retry_after_ms(&full, start - 1_000, 100, W), 60_600);
+        assert_eq!(retry_after_ms(&full, 0, 100, W), 60_600);
+        // Room left in this window once the previous one's weight slides out.
+        let weighted = Window {
+            start_ms: start,
+            prev: 50,
+            curr: 60,
+        };
+        assert_eq!(retry_after_ms(&weighted, start, 100, W), 13_200);
+        assert_eq!(retry_after_ms(&weighted, start - 1, 100, W), 13_200);
+        // Never 0 for a refused request, even at the very end of the window.
+        let at_end = Window {
+            start_ms: start,
+            prev: 0,
+            curr: 0,
+        };
+        assert_eq!(retry_after_ms(&at_end, start + W, 100, W), 1);
+    }
+
+    /// The same through `check` with real `Instant`s, as the gateway calls it.
+    #[test]
+    fn check_with_interleaved_instants() {
+        let l = limiter(3, 10);
+        let t1 = Instant::now() + Duration::from_secs(1);
+        let t2 = t1 + Duration::from_millis(500);
+        for _ in 0..3 {
+            assert!(l.check(key(1), t2).allowed);
+        }
+        let late = l.check(key(1), t1);
+        assert!(!late.allowed);
+        assert_eq!(late.retry_after_secs, (W + W.div_ceil(3)).div_ceil(1000));
+        // An instant before the limiter existed (a request in flight across a reload).
+        let l = limiter(3, 10);
+        let early = l.check(key(1), Instant::now() - Duration::from_millis(10));
+        assert!(early.allowed);
     }
 
     #[test]

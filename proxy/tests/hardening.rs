@@ -72,19 +72,29 @@ impl Drop for Spawned {
     }
 }
 
-/// Writes a config for `backends` with `overrides`; returns (proxy addr, admin addr, path).
-fn write_config(
-    dir: &Path,
-    backends: &[String],
-    overrides: &str,
-) -> (SocketAddr, SocketAddr, std::path::PathBuf) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+/// A config written for a test: the proxy and admin addresses (held, so no other test is
+/// handed them meanwhile) and the file.
+struct Written {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    path: std::path::PathBuf,
+    _holds: [PortHold; 2],
+}
+
+/// Writes a config for `backends` with `overrides`.
+fn write_config(dir: &Path, backends: &[String], overrides: &str) -> Written {
+    let holds = [PortHold::new(), PortHold::new()];
+    let (addr, admin) = (holds[0].addr, holds[1].addr);
     let mut config = base_config(addr, admin, backends, dir);
     merge(&mut config, overrides);
     let path = dir.join("proxy.toml");
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    (addr, admin, path)
+    Written {
+        addr,
+        admin,
+        path,
+        _holds: holds,
+    }
 }
 
 async fn wait_admin(admin: SocketAddr, path: &'static str) -> bool {
@@ -151,12 +161,13 @@ async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
 async fn idle_connections_from_one_client_cannot_exhaust_the_process() {
     let backend = Backend::start("a");
     let dir = TempDir::new("idle");
-    let (addr, admin, config) = write_config(
+    let w = write_config(
         dir.path(),
         &backend_list(&[&backend]),
         "[server]\nkeepalive_timeout_seconds = 3\nmax_connections = 400\nmax_connections_per_client = 256\n\
          [upstream]\nkeepalive_pool_size = 32\n[rate_limit]\nenabled = false\n",
     );
+    let (addr, admin, config) = (w.addr, w.admin, w.path.clone());
     // The fd limit that broke the process before: 1024, soft and hard.
     let mut proxy = Spawned::start(
         "prlimit",
@@ -306,11 +317,12 @@ async fn bind_failures_exit_1_naming_key_and_address() {
     // The listen port in use.
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = held.local_addr().unwrap();
-    let (_, _, config) = write_config(
+    let w = write_config(
         dir.path(),
         &backends,
         &format!("[server]\nlisten = \"{busy}\"\n"),
     );
+    let config = w.path.clone();
     let (code, out) = start_failing(dir.path(), &config, &[]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -319,11 +331,12 @@ async fn bind_failures_exit_1_naming_key_and_address() {
     );
 
     // The admin port in use.
-    let (_, _, config) = write_config(
+    let w = write_config(
         dir.path(),
         &backends,
         &format!("[admin]\nlisten = \"{busy}\"\n"),
     );
+    let config = w.path.clone();
     let (code, out) = start_failing(dir.path(), &config, &[]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -332,22 +345,25 @@ async fn bind_failures_exit_1_naming_key_and_address() {
     );
 
     // An address this host does not have (TEST-NET-1; nothing is sent).
-    let (_, _, config) = write_config(
+    let w = write_config(
         dir.path(),
         &backends,
         "[server]\nlisten = \"192.0.2.1:8080\"\n",
     );
+    let config = w.path.clone();
     let (code, out) = start_failing(dir.path(), &config, &[]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("server.listen 192.0.2.1:8080"), "{out}");
 
     // The same address twice: refused by -t and at start.
-    let port = free_port();
-    let (_, _, config) = write_config(
+    let hold = PortHold::new();
+    let port = hold.addr.port();
+    let w = write_config(
         dir.path(),
         &backends,
         &format!("[server]\nlisten = [\"127.0.0.1:{port}\", \"127.0.0.1:{port}\"]\n"),
     );
+    let config = w.path.clone();
     for extra in [&["-t"][..], &[][..]] {
         let (code, out) = start_failing(dir.path(), &config, extra).await;
         assert_eq!(code, Some(1), "{extra:?}: {out}");
@@ -361,7 +377,8 @@ async fn bind_failures_exit_1_naming_key_and_address() {
 async fn daemon_detaches_at_once_and_keeps_logging() {
     let backend = Backend::start("a");
     let dir = TempDir::new("daemon");
-    let (addr, admin, config) = write_config(dir.path(), &backend_list(&[&backend]), "");
+    let w = write_config(dir.path(), &backend_list(&[&backend]), "");
+    let (addr, admin, config) = (w.addr, w.admin, w.path.clone());
     let started = Instant::now();
     // Output captured through a pipe: `output()` returns only when every holder of the pipe
     // closed it, so a daemon that kept the caller's stdout would hold this call.
@@ -441,7 +458,8 @@ async fn daemon_detaches_at_once_and_keeps_logging() {
 async fn sighup_during_start_up_is_queued_not_fatal() {
     let backend = Backend::start("a");
     let dir = TempDir::new("hup");
-    let (addr, admin, config) = write_config(dir.path(), &backend_list(&[&backend]), "");
+    let w = write_config(dir.path(), &backend_list(&[&backend]), "");
+    let (addr, admin, config) = (w.addr, w.admin, w.path.clone());
     // A parent that keeps SIGHUP blocked across exec, and a HUP sent at once (0 ms): pending
     // when the proxy starts, it must be taken as a reload request, not as the default action.
     // (Rust's Command resets the mask in the child, so a tiny launcher blocks it.)
@@ -475,7 +493,8 @@ async fn sighup_during_start_up_is_queued_not_fatal() {
     // And HUPs at 2 ms steps through the rest of start-up, once main has begun.
     for delay_ms in [2u64, 4, 8, 16] {
         let dir = TempDir::new("hup2");
-        let (addr, admin, config) = write_config(dir.path(), &backend_list(&[&backend]), "");
+        let w = write_config(dir.path(), &backend_list(&[&backend]), "");
+        let (addr, admin, config) = (w.addr, w.admin, w.path.clone());
         let mut p = Spawned::start(PROXY_BIN, &["-c", config.to_str().unwrap()], dir.path());
         let pid = p.child.as_ref().unwrap().id();
         // main has begun once its SIGHUP handler shows in /proc (the dynamic loader's work

@@ -17,13 +17,12 @@ async fn counts_add_up_after_traffic_with_429s() {
     for _ in 0..n {
         client.get("/m").await.unwrap();
     }
-    // logging() runs just after the last response is sent: wait for it, then read once.
+    // logging() runs just after the last response is sent, and the in-flight count drops just
+    // after logging(): wait for both, then read once.
     let settled = wait_until(Duration::from_secs(5), || async {
-        proxy
-            .metrics()
-            .await
-            .sum("gateway_request_duration_seconds_count", &[])
-            >= n as f64
+        let m = proxy.metrics().await;
+        m.sum("gateway_request_duration_seconds_count", &[]) >= n as f64
+            && m.sum("gateway_inflight_requests", &[]) == 0.0
     })
     .await;
     assert!(settled);
@@ -170,6 +169,37 @@ async fn method_label_is_bounded() {
     assert_eq!(m.sum("gateway_requests_total", &[("method", "OTHER")]), 2.0);
     assert_eq!(m.sum("gateway_requests_total", &[("method", "POST")]), 1.0);
     assert!(!m.text.contains("BREW"));
+}
+
+/// Backend codes outside 100–599 reach the client as sent but share one `status` label value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_backend_statuses_are_labelled_invalid() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&[&a], "").await;
+    let mut client = Client::new(proxy.addr);
+    for code in [600, 799, 999] {
+        let r = client.get(&format!("/status/{code}")).await.unwrap();
+        assert_eq!(r.status, code);
+    }
+    assert_eq!(client.get("/status/599").await.unwrap().status, 599);
+    let settled = wait_until(Duration::from_secs(5), || async {
+        proxy.metrics().await.sum("gateway_requests_total", &[]) >= 4.0
+    })
+    .await;
+    assert!(settled);
+    let m = proxy.metrics().await;
+    let label = a.addr.to_string();
+    assert_eq!(
+        m.sum(
+            "gateway_requests_total",
+            &[("backend", &label), ("status", "invalid")]
+        ),
+        3.0
+    );
+    assert_eq!(m.sum("gateway_requests_total", &[("status", "599")]), 1.0);
+    for code in ["600", "799", "999"] {
+        assert!(!m.text.contains(&format!("status=\"{code}\"")), "{code}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,13 +29,15 @@ struct Spawned {
     addr: SocketAddr,
     output: PathBuf,
     _dir: TempDir,
+    /// The proxy and admin ports, held for the process's life.
+    _holds: [PortHold; 2],
 }
 
 impl Spawned {
     fn start(backends: &[String]) -> Spawned {
         let dir = TempDir::new("startup");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let holds = [PortHold::new(), PortHold::new()];
+        let (addr, admin) = (holds[0].addr, holds[1].addr);
         let mut config = base_config(addr, admin, backends, dir.path());
         merge(&mut config, NO_LIMIT);
         let config_path = dir.path().join("proxy.toml");
@@ -56,6 +58,7 @@ impl Spawned {
             addr,
             output,
             _dir: dir,
+            _holds: holds,
         }
     }
 

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,12 +26,37 @@ pub fn backend_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound and released; the OS does not hand it out again at once).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A loopback port held out of other tests' way: a socket bound to it with SO_REUSEADDR that
+/// never listens. Linux does not hand a port with a bound socket to anyone binding port 0 (mock
+/// backends, other tests' holds), yet a listener that sets SO_REUSEADDR itself (Pingora, tokio
+/// and std all do) may still bind it while this socket is not listening. Nothing listens on it
+/// otherwise, so connecting is refused: it doubles as a backend that is and stays down.
+pub struct PortHold {
+    pub addr: SocketAddr,
+    _socket: TcpSocket,
+}
+
+impl PortHold {
+    /// Holds a port the OS picks.
+    pub fn new() -> Self {
+        Self::at("127.0.0.1:0".parse().expect("loopback address")).expect("hold a free port")
+    }
+
+    /// Holds `addr` (e.g. a killed backend's, so it can come back on it).
+    pub fn at(addr: SocketAddr) -> std::io::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let addr = socket.local_addr()?;
+        Ok(PortHold {
+            addr,
+            _socket: socket,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
 }
 
 /// A directory under the system temp dir, removed on drop.
@@ -95,6 +120,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     child: Option<Child>,
+    /// Taken when the backend is killed: its port stays down and out of other tests' way, and
+    /// `start_at` can still bring a backend back on it.
+    hold: Option<PortHold>,
 }
 
 impl Backend {
@@ -128,14 +156,17 @@ impl Backend {
             addr,
             name: name.to_owned(),
             child: Some(child),
+            hold: None,
         }
     }
 
-    /// SIGKILL: the backend vanishes mid-flight, as a crashed process would.
+    /// SIGKILL: the backend vanishes mid-flight, as a crashed process would. Its port is held
+    /// (see [`PortHold`]) for as long as this value lives.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.hold = PortHold::at(self.addr).ok();
         }
     }
 
@@ -146,14 +177,26 @@ impl Backend {
         child.wait().ok()
     }
 
-    /// `/stats` of the backend: accepted connections and requests.
+    /// `/stats` of the backend: connections, requests, in flight, requests per path.
     pub async fn stats(&self) -> serde_json::Value {
         get(self.addr, "/stats").await.json()
     }
 
-    /// Requests served so far, including the `/stats` call that asks.
+    /// Requests served so far, health probes and `/stats` calls left out: only what tests sent.
     pub async fn requests(&self) -> u64 {
         self.stats().await["requests"].as_u64().unwrap_or(0)
+    }
+
+    /// Requests served so far for exactly `path` (without the query).
+    pub async fn path_count(&self, path: &str) -> u64 {
+        self.stats().await["paths"][path].as_u64().unwrap_or(0)
+    }
+
+    /// Connections that carried a request other than a health probe or `/stats`.
+    pub async fn traffic_connections(&self) -> u64 {
+        self.stats().await["traffic_connections"]
+            .as_u64()
+            .unwrap_or(0)
     }
 }
 
@@ -164,7 +207,106 @@ impl Drop for Backend {
 }
 
 // ---------------------------------------------------------------------------------------------
+// held backend
+
+/// An in-test backend that answers `/health` at once and holds every other request until
+/// `release`: a test that needs requests in flight keeps them there for as long as it checks
+/// something, with no delay to outlast and no window to miss.
+pub struct HeldBackend {
+    pub addr: SocketAddr,
+    arrived: std::sync::Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HeldBackend {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind held backend");
+        let addr = listener.local_addr().expect("local addr");
+        let arrived = std::sync::Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counter = arrived.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    let mut stream = AsyncBufReader::new(stream);
+                    loop {
+                        // A request head (these GETs have no body).
+                        let mut first = String::new();
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            match stream.read_line(&mut line).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            if first.is_empty() {
+                                first = line.clone();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        if !first.starts_with("GET /health ") {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            if released.wait_for(|r| *r).await.is_err() {
+                                return;
+                            }
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+                        if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HeldBackend {
+            addr,
+            arrived,
+            release,
+            task,
+        }
+    }
+
+    /// Requests (other than `/health`) that have arrived so far, held or answered.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Polls (bounded) until `n` requests have arrived.
+    pub async fn wait_arrived(&self, n: usize) -> bool {
+        wait_until(
+            Duration::from_secs(10),
+            || async move { self.arrived() >= n },
+        )
+        .await
+    }
+
+    /// Answers every held request, and every later one at once.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
+    }
+}
+
+impl Drop for HeldBackend {
+    fn drop(&mut self) {
+        self.release();
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // proxy
+
+/// Starts of one proxy tried before giving up; each retry is on new ports.
+const START_ATTEMPTS: usize = 3;
+/// How long one start may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running proxy with its own config file and log files in a temp dir.
 pub struct Proxy {
@@ -175,9 +317,14 @@ pub struct Proxy {
     pub stdout_file: PathBuf,
     child: Option<Child>,
     pub dir: TempDir,
+    /// The listen and admin ports, held for the proxy's whole life (see [`PortHold`]): no other
+    /// test is handed them, not even while this proxy restarts on them.
+    holds: [PortHold; 2],
 }
 
-/// The config every test proxy starts from: fast health checks, logs in the temp dir.
+/// The config every test proxy starts from: frequent health checks, logs in the temp dir.
+/// A probe gets far longer than a loaded machine needs, so a slow probe never takes a live
+/// backend out of rotation (one failed probe does); a killed backend is refused at once.
 pub fn base_config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -203,7 +350,7 @@ max_retries = 2
 [upstream.health_check]
 path = "/health"
 interval_ms = 300
-timeout_ms = 250
+timeout_ms = 2000
 
 [rate_limit]
 enabled = true
@@ -257,8 +404,8 @@ impl Proxy {
     /// `/ready` (a healthy backend), else only for `/health`.
     pub async fn start_with(backends: Vec<String>, overrides: &str, wait_ready: bool) -> Proxy {
         let dir = TempDir::new("proxy");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let holds = [PortHold::new(), PortHold::new()];
+        let (addr, admin) = (holds[0].addr, holds[1].addr);
         let mut config = base_config(addr, admin, &backends, dir.path());
         merge(&mut config, overrides);
         let config_path = dir.path().join("proxy.toml");
@@ -271,20 +418,87 @@ impl Proxy {
             config_path,
             child: None,
             dir,
+            holds,
         };
-        proxy.spawn(&[]);
-        proxy.wait_listening(wait_ready).await;
+        proxy.launch(None, wait_ready).await;
         proxy
     }
 
     /// Stops the process and starts it again with `RUST_LOG` set to `filter`.
     pub async fn restart_with_rust_log(&mut self, filter: &str) {
+        self.stop();
+        self.launch(Some(filter), true).await;
+    }
+
+    /// Starts the process and waits until it is up. A start that fails (the process exits, says
+    /// a port is in use, or does not come up in time) is retried on new ports, a bounded number
+    /// of times: a port can still be taken by a process that binds it by number.
+    async fn launch(&mut self, rust_log: Option<&str>, ready: bool) {
+        let mut failures = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            if attempt > 1 {
+                self.move_to_new_ports();
+            }
+            let output_from = std::fs::metadata(&self.stdout_file).map_or(0, |m| m.len());
+            self.spawn_env(&[], rust_log);
+            match self.come_up(ready, output_from).await {
+                Ok(()) => return,
+                Err(why) => {
+                    self.stop();
+                    failures.push(format!(
+                        "attempt {attempt} (listen {}, admin {}): {why}",
+                        self.addr, self.admin
+                    ));
+                }
+            }
+        }
+        panic!(
+            "proxy did not come up:\n{}\noutput:\n{}",
+            failures.join("\n"),
+            self.output()
+        );
+    }
+
+    /// Waits until the current process is up, or has clearly failed to come up.
+    async fn come_up(&mut self, ready: bool, output_from: u64) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(None)) => {}
+                Some(Ok(Some(status))) => return Err(format!("exited early with {status}")),
+                Some(Err(e)) => return Err(format!("cannot wait for it: {e}")),
+                None => return Err("not running".into()),
+            }
+            if port_in_use(&self.output_since(output_from)) {
+                return Err("a port is in use".into());
+            }
+            if self.is_up(ready).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not up within {START_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// New held ports, written into the config file (listen and admin.listen).
+    fn move_to_new_ports(&mut self) {
+        self.holds = [PortHold::new(), PortHold::new()];
+        self.addr = self.holds[0].addr;
+        self.admin = self.holds[1].addr;
+        self.rewrite_config(&format!(
+            "[server]\nlisten = \"{}\"\n[admin]\nlisten = \"{}\"\n",
+            self.addr, self.admin
+        ));
+    }
+
+    /// SIGKILL and reap the current process, if any.
+    fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.spawn_env(&[], Some(filter));
-        self.wait_listening(true).await;
     }
 
     /// Starts the binary with this proxy's config and `extra` arguments.
@@ -354,20 +568,26 @@ impl Proxy {
         }
     }
 
-    pub async fn wait_listening(&self, ready: bool) {
-        let admin = self.admin;
+    /// Up: this process listens on both ports itself (not some other process that got there
+    /// first), the admin answers `/ready` (or `/health`) with 200 and the proxy port accepts.
+    async fn is_up(&self, ready: bool) -> bool {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        if !listens_on(pid, &[self.addr.port(), self.admin.port()]) {
+            return false;
+        }
         let path = if ready { "/ready" } else { "/health" };
-        let up = wait_until(Duration::from_secs(20), || async move {
-            try_get(admin, path).await.is_some_and(|r| r.status == 200)
-        })
-        .await;
+        try_get(self.admin, path)
+            .await
+            .is_some_and(|r| r.status == 200)
+            && TcpStream::connect(self.addr).await.is_ok()
+    }
+
+    /// Polls (bounded) until the running process is up; see `is_up`.
+    pub async fn wait_listening(&self, ready: bool) {
+        let up = wait_until(START_TIMEOUT, || self.is_up(ready)).await;
         assert!(up, "proxy did not come up; output:\n{}", self.output());
-        let addr = self.addr;
-        let listening = wait_until(Duration::from_secs(10), || async move {
-            TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        assert!(listening, "proxy port not open; output:\n{}", self.output());
     }
 
     pub fn pid(&self) -> u32 {
@@ -407,6 +627,13 @@ impl Proxy {
         std::fs::read_to_string(&self.stdout_file).unwrap_or_default()
     }
 
+    /// What was printed from byte `from` of the output on.
+    fn output_since(&self, from: u64) -> String {
+        let bytes = std::fs::read(&self.stdout_file).unwrap_or_default();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
+    }
+
     /// The `log.file` contents.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
@@ -421,11 +648,58 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        self.stop();
+    }
+}
+
+/// Whether output says a listen or admin port was taken: Pingora logs "... is in use, will try
+/// again" and keeps trying; a failed bind reports "address in use" / "Address already in use".
+fn port_in_use(output: &str) -> bool {
+    let output = output.to_ascii_lowercase();
+    ["is in use", "address in use", "already in use"]
+        .iter()
+        .any(|m| output.contains(m))
+}
+
+/// Whether process `pid` has TCP sockets listening on every one of `ports` (Linux: its socket
+/// inodes in /proc/PID/fd, matched against /proc/PID/net/tcp*). Without /proc, assumed true.
+fn listens_on(pid: u32, ports: &[u16]) -> bool {
+    if !Path::new("/proc/self/net/tcp").exists() {
+        return true;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut listening = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && fields[3] == "0A" && inodes.contains(fields[9]) {
+                if let Some(port) = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                {
+                    listening.insert(port);
+                }
+            }
         }
     }
+    ports.iter().all(|p| listening.contains(p))
 }
 
 // ---------------------------------------------------------------------------------------------
