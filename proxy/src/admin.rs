@@ -9,7 +9,7 @@
 //! before anything starts (a busy port stops the process at once), caps its own connections,
 //! and so stays reachable while the proxy listener is saturated.
 
-use std::net::TcpListener as StdListener;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +42,11 @@ pub struct AdminApp {
     /// Set once graceful shutdown begins (SIGTERM, or an upgrade hand-over).
     pub draining: Arc<AtomicBool>,
     pub live: LiveState,
+    /// A proxy listen address to probe: ready also means the proxy listener accepts (Pingora
+    /// binds it when its service starts, after the first discovery and health round).
+    pub listen_probe: SocketAddr,
+    /// Set once the probe connected; a listener, once open, stays open until shutdown.
+    pub accepting: AtomicBool,
 }
 
 impl AdminApp {
@@ -54,8 +59,24 @@ impl AdminApp {
             .count()
     }
 
+    /// Whether the proxy listener accepts connections (probed until it first does).
+    async fn proxy_accepting(&self) -> bool {
+        if self.accepting.load(Ordering::Relaxed) {
+            return true;
+        }
+        let probe = tokio::net::TcpStream::connect(self.listen_probe);
+        let open = matches!(
+            tokio::time::timeout(Duration::from_millis(200), probe).await,
+            Ok(Ok(_))
+        );
+        if open {
+            self.accepting.store(true, Ordering::Relaxed);
+        }
+        open
+    }
+
     /// The answer for `path`.
-    pub fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+    pub async fn respond(&self, path: &str) -> Response<Full<Bytes>> {
         match path {
             "/metrics" => {
                 let clients = self
@@ -75,7 +96,8 @@ impl AdminApp {
             "/ready" => {
                 let healthy = self.healthy_backends();
                 let draining = self.draining.load(Ordering::Relaxed);
-                let status = if draining || healthy == 0 {
+                let accepting = draining || self.proxy_accepting().await;
+                let status = if draining || healthy == 0 || !accepting {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
                     StatusCode::OK
@@ -84,6 +106,7 @@ impl AdminApp {
                     "ready": status == StatusCode::OK,
                     "draining": draining,
                     "healthy_backends": healthy,
+                    "accepting": accepting && !draining,
                 });
                 respond(status, "application/json", format!("{body}\n").into_bytes())
             }
@@ -104,6 +127,16 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Res
         http::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// Where to probe a listen address from this host (an unspecified address by loopback).
+pub fn probe_address(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
 }
 
 /// Binds the admin address. `SO_REUSEPORT` lets the process started with `-u` bind the same
@@ -175,8 +208,8 @@ impl BackgroundService for AdminServer {
             tokio::spawn(async move {
                 let _permit = permit;
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let resp = app.respond(req.uri().path());
-                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(app.respond(req.uri().path()).await) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())

@@ -131,6 +131,8 @@ pub fn build(
                 lb,
                 draining: draining.clone(),
                 live: live.clone(),
+                listen_probe: crate::admin::probe_address(settings.server.listen[0]),
+                accepting: AtomicBool::new(false),
             },
         ),
     );
