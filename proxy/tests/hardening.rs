@@ -640,3 +640,131 @@ async fn pipelined_requests_are_all_answered() {
         assert!(text.contains(&format!("\"path\":\"{p}\"")), "{p}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_after_body_timeout() {
+    let backend = Backend::start("a");
+    let proxy = Proxy::start(&[&backend], "[server]\nbody_timeout_ms = 500\n").await;
+    let mut s = StdStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PUT /stall HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .unwrap();
+    // Then nothing: the next body read waits longer than body_timeout_ms.
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"status\":408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let m = proxy.metrics().await;
+    assert_eq!(m.sum("gateway_downstream_body_timeouts_total", &[]), 1.0);
+    assert_eq!(
+        m.sum("gateway_upstream_errors_total", &[]),
+        0.0,
+        "not the backend's fault"
+    );
+}
+
+/// A backend that answers `/health` properly and cuts every other response short: it promises
+/// 1000 bytes of body, sends 3 and closes.
+fn start_truncating_backend() -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        // Bounded: the test makes a handful of requests, health checks a few more.
+        for stream in listener.incoming().take(200) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                // Requests on a kept-alive connection, one at a time.
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let request = String::from_utf8_lossy(&buf[..n]);
+                    if request.starts_with("GET /health ") {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    } else {
+                        let _ =
+                            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc");
+                        return; // closes mid-body
+                    }
+                }
+            });
+        }
+    });
+    (addr, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_are_counted_by_kind() {
+    let (cutting, _thread) = start_truncating_backend();
+    let proxy = Proxy::start_with(
+        vec![cutting.to_string()],
+        "[rate_limit]\nenabled = false\n",
+        true,
+    )
+    .await;
+    // A response cut off after its header: the client sees a short body, and the metrics say so.
+    let mut s = StdStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let admin = proxy.admin;
+    let label = cutting.to_string();
+    let counted = wait_until(Duration::from_secs(5), || {
+        let label = label.clone();
+        async move {
+            metric(
+                admin,
+                "gateway_upstream_errors_total",
+                &[("backend", label.as_str()), ("kind", "truncated")],
+            )
+            .await
+                == 1.0
+        }
+    })
+    .await;
+    assert!(counted, "{}", get(admin, "/metrics").await.text());
+
+    // A refused connection: kind "connect". Probes an hour apart, so the killed backend is
+    // still in rotation; smooth round robin over two sends one of two requests to it, and the
+    // retry takes it to the other.
+    let (a, mut b) = (Backend::start("a"), Backend::start("b"));
+    let proxy2 = Proxy::start(
+        &[&a, &b],
+        "[rate_limit]\nenabled = false\n[upstream.health_check]\ninterval_ms = 3600000\n",
+    )
+    .await;
+    let dead = b.addr.to_string();
+    b.kill();
+    for i in 0..2 {
+        assert_eq!(get(proxy2.addr, &format!("/r{i}")).await.status, 200);
+    }
+    let m = proxy2.metrics().await;
+    assert_eq!(
+        m.sum(
+            "gateway_upstream_errors_total",
+            &[("backend", dead.as_str()), ("kind", "connect")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum(
+            "gateway_upstream_retries_total",
+            &[("backend", dead.as_str())]
+        ),
+        1.0
+    );
+}
