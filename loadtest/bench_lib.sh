@@ -227,6 +227,10 @@ grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
 upgrade_sock = "$dir/upgrade.sock"
 pid_file = "$dir/proxy.pid"
+# As nginx is configured below (keepalive_requests) and as bare Pingora runs (no limit); one
+# load generator on one address, so no per-client connection cap.
+keepalive_requests = 100000000
+max_connections_per_client = 0
 
 [upstream]
 backends = [$BACKENDS_TOML]
