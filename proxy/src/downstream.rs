@@ -9,9 +9,11 @@
 //! processing ([`HttpProxy::process_new_http`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -227,20 +229,13 @@ impl DownstreamApp {
                 body_timeout: self.bounds.body_timeout,
             })));
             let processing = self.proxy.process_new_http(session, shutdown);
-            tokio::pin!(processing);
             let wait = deadline.saturating_duration_since(Instant::now());
-            let reused = tokio::select! {
-                biased;
-                reused = &mut processing => reused,
-                _ = fast_sleep(wait) => {
-                    if header_read.load(Ordering::Acquire) {
-                        processing.await
-                    } else {
-                        self.metrics.header_timeouts.inc();
-                        tracing::debug!("request header not complete within server.header_timeout_ms; closing");
-                        return; // dropping the session closes the connection
-                    }
-                }
+            let Some(reused) = within_header_deadline(processing, &header_read, wait).await else {
+                self.metrics.header_timeouts.inc();
+                tracing::debug!(
+                    "request header not complete within server.header_timeout_ms; closing"
+                );
+                return; // dropping the session closes the connection
             };
             let Some(reused) = reused else { return };
             let (stream, persistent) = reused.consume();
@@ -253,6 +248,30 @@ impl DownstreamApp {
                 + self.bounds.header_timeout;
         }
     }
+}
+
+/// Runs `processing` (one request, from reading its header to the end of its response) and
+/// gives up, dropping it, when its header has not been read within `wait`: `None`. The timer is
+/// only armed when the header is not complete at the first poll, so the common case (a request
+/// already waiting on the socket) costs no timer.
+async fn within_header_deadline<F: Future>(
+    processing: F,
+    header_read: &AtomicBool,
+    wait: Duration,
+) -> Option<F::Output> {
+    let mut processing = std::pin::pin!(processing);
+    // Creating the sleep registers nothing; its first poll does.
+    let mut deadline = std::pin::pin!(fast_sleep(wait));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = processing.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if header_read.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        deadline.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 #[async_trait]
