@@ -41,6 +41,12 @@ fn main() {
         Ok(p) => p,
         Err(e) => fail(&format!("cannot install the SIGHUP handler: {e}")),
     };
+    let daemon_child = startup::is_daemon_child();
+    if daemon_child {
+        if let Err(e) = startup::detach_session() {
+            fail(&e);
+        }
+    }
     let cli = cli::Cli::parse();
     let settings = match config::load_and_check_config(&cli.config) {
         Ok(s) => s,
@@ -54,6 +60,10 @@ fn main() {
         println!("{}: configuration OK", cli.config.display());
         return;
     }
+    if cli.daemon && !daemon_child {
+        // Everything below runs again in the background process; its errors come back here.
+        startup::daemonize_and_wait();
+    }
     // An upgrade takes the listening sockets over from the running process instead.
     if !cli.upgrade {
         if let Err(e) = startup::check_listen(&settings) {
@@ -65,11 +75,6 @@ fn main() {
         Ok(l) => l,
         Err(e) => fail(&format!("admin.listen {admin}: {}", startup::describe(&e))),
     };
-    if cli.daemon {
-        if let Err(e) = startup::daemonize(&settings.server.pid_file) {
-            fail(&e);
-        }
-    }
     startup::exit_on_listener_failure();
     let (guards, access_log) = match logging::init(&settings.log) {
         Ok(g) => g,
@@ -92,15 +97,23 @@ fn main() {
         log_guards: guards.clone(),
         access_log: access_log.clone(),
     };
+    let pid_file = settings.server.pid_file.clone();
     let (server, run_args) = match server::build(settings, &cli.config, run) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
+            eprintln!("proxy: cannot start: {e}");
             drop(guards);
             std::process::exit(1);
         }
     };
     tracing::info!(listen = ?listen, admin = %admin, config = %cli.config.display(), "proxy starting");
+    if daemon_child {
+        if let Err(e) = startup::daemon_ready(&pid_file) {
+            tracing::error!(error = %e, "cannot finish daemonizing");
+            fail(&e);
+        }
+    }
     server.run(run_args);
     tracing::info!("proxy stopped");
     access_log.flush();

@@ -1,5 +1,5 @@
 //! What is checked and prepared before anything listens: the file descriptor budget, that every
-//! listen address can be bound, and detaching into the background (`-d`).
+//! listen address can be bound, and running in the background (`-d`).
 //!
 //! Each failure is one line naming the key, so the process exits 1 before it has served or
 //! reported anything (Pingora alone retries a busy port for 30 s while the rest runs, then
@@ -82,13 +82,79 @@ pub fn describe(e: &std::io::Error) -> String {
     }
 }
 
-/// Detaches into the background: forks (the caller gets its exit status 0 at once), starts a
-/// new session, and points stdin/stdout/stderr at /dev/null so the caller's terminal or pipe is
-/// not held open. Must run while the process has a single thread, before logging starts its
-/// writer threads; the working directory is kept so relative paths in the config still hold.
-pub fn daemonize(pid_file: &str) -> Result<(), String> {
-    nix::unistd::daemon(true, false).map_err(|e| format!("cannot daemonize: {e}"))?;
-    write_pid_file(Path::new(pid_file))
+/// Set in the environment of the background process `-d` starts.
+const DAEMON_CHILD: &str = "GATEWAY_DAEMON_CHILD";
+/// The last thing the background process writes to the caller: it is up.
+const DAEMON_READY: &str = "proxy: running in the background";
+
+/// Whether this process is the background process started by `-d`.
+pub fn is_daemon_child() -> bool {
+    std::env::var_os(DAEMON_CHILD).is_some()
+}
+
+/// `-d`, in the caller: starts this same command again as the background process (its own
+/// session, stdin and stdout on `/dev/null`) and waits until it is up or has failed: its
+/// start-up errors reach the caller's stderr and exit status, as a foreground start's would.
+/// A fork would do without the re-exec, but forking needs `unsafe` here, and a re-exec starts
+/// the background process with no inherited threads or locks by construction.
+pub fn daemonize_and_wait() -> ! {
+    use std::io::Read;
+    let run = || -> Result<i32, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+        let mut child = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(DAEMON_CHILD, "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the background process: {e}"))?;
+        let mut said = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            // Until the background process says it is up (and lets go of stderr) or exits.
+            let _ = err.read_to_string(&mut said);
+        }
+        match said.strip_suffix(&format!("{DAEMON_READY}\n")) {
+            Some(before) => {
+                eprint!("{before}");
+                Ok(0)
+            }
+            None => {
+                eprint!("{said}");
+                let status = child
+                    .wait()
+                    .map_err(|e| format!("background process: {e}"))?;
+                Ok(status.code().unwrap_or(1).max(1))
+            }
+        }
+    };
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// In the background process: leaves the caller's session, so closing its terminal sends no
+/// SIGHUP here. Call first thing.
+pub fn detach_session() -> Result<(), String> {
+    nix::unistd::setsid()
+        .map(drop)
+        .map_err(|e| format!("cannot start a new session: {e}"))
+}
+
+/// In the background process, once it is up: writes `pid_file`, tells the caller, and lets go
+/// of the caller's stderr.
+pub fn daemon_ready(pid_file: &str) -> Result<(), String> {
+    write_pid_file(Path::new(pid_file))?;
+    eprintln!("{DAEMON_READY}");
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    nix::unistd::dup2_stderr(&null).map_err(|e| format!("cannot detach stderr: {e}"))
 }
 
 fn write_pid_file(path: &Path) -> Result<(), String> {

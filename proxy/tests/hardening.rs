@@ -440,6 +440,18 @@ async fn daemon_detaches_at_once_and_keeps_logging() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 
+    // A second `-d` on the same ports fails as a foreground start would: exit 1, the reason on
+    // the caller's stderr.
+    let second = Command::new(PROXY_BIN)
+        .args(["-d", "-c", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run -d again");
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("address in use"), "{said}");
+
     // SIGTERM still ends it promptly.
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
