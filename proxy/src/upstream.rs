@@ -308,8 +308,11 @@ impl UpstreamService {
         discovery.set_missed_tick_behavior(MissedTickBehavior::Delay);
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // Not biased: when both are due (a discovery round that overran its interval, e.g.
+            // a name lookup hanging until its timeout), either may go first, so health checks
+            // are never starved by discovery nor the other way round. Shutdown is still seen at
+            // once: each round runs under `until_shutdown`.
             let finished = tokio::select! {
-                biased;
                 () = shutdown_signalled(&mut shutdown) => return,
                 _ = discovery.tick() => until_shutdown(&mut shutdown, self.discover()).await,
                 _ = health.tick() => until_shutdown(&mut shutdown, self.check()).await,
