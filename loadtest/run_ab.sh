@@ -10,7 +10,10 @@
 #              100 x 2xx and 50 x 429, once with `ab -c 1` and once with `ab -c 10`, each
 #              against a fresh limiter.
 #   failover   `ab -k -n 3000 -c 6` while a backend (backend2) is SIGKILLed mid-run: zero non-2xx
-#              and zero failed requests; the split before and after the kill is shown.
+#              and zero failed requests. The table is split where the kill returned and where
+#              the proxy marked the backend down (gateway_backend_up 0 on /metrics): the killed
+#              backend must be credited with no answer after either, and the load must still be
+#              running when it was marked down.
 #   graceful   SIGTERM to the proxy while /delay/1500 is in flight: that request completes with
 #              200, new connections are refused, and the proxy exits 0 within its drain time
 #              (grace_period_seconds + graceful_shutdown_timeout_seconds, + DRAIN_SLACK_MS).
@@ -33,8 +36,9 @@
 # exempt, and the host is one client with 100 requests per 60 s for everything. So every
 # scenario first restarts the proxy container (`docker compose restart proxy`: a fresh limiter;
 # each restart waits out the proxy's drain, about 5 s) and keeps its volume within the budget:
-# balance sends 90 requests, failover 90 requests of /delay/100 with -c 3 (slow enough to kill
-# `backend2` with `docker compose kill backend2` mid-run; it is started again afterwards),
+# balance sends 90 requests, failover 90 requests of /delay/200 with -c 3 (slow enough to kill
+# `backend2` with `docker compose kill backend2` mid-run and see the proxy mark it down while
+# the load runs; it is started again afterwards),
 # ratelimit restarts before each of its two runs, graceful sends SIGTERM with
 # `docker compose kill -s SIGTERM proxy`, reads the container's exit code and starts it again.
 #
@@ -47,7 +51,7 @@
 #   AB_TIMEOUT_SECONDS [300]   hard limit for one ab run
 #   BALANCE_REQUESTS [300; 90]  BALANCE_CONCURRENCY [1]  BALANCE_TOLERANCE [0] (requests per backend)
 #   RATELIMIT_CONCURRENCY ["1 10"]  ab -c values, one fresh limiter each
-#   FAILOVER_REQUESTS [3000; 90]  FAILOVER_CONCURRENCY [6; 3]  FAILOVER_PATH [/; /delay/100]
+#   FAILOVER_REQUESTS [3000; 90]  FAILOVER_CONCURRENCY [6; 3]  FAILOVER_PATH [/; /delay/200]
 #   FAILOVER_KILL_AFTER [a third of FAILOVER_REQUESTS]  requests answered before the kill
 #   GRACEFUL_DELAY_MS [1500]   the in-flight request (/delay/MS)
 #   GRACEFUL_GRACE_SECONDS [1]  GRACEFUL_TIMEOUT_SECONDS [5]  drain settings of the local proxy
@@ -140,7 +144,7 @@ if ((COMPOSE)); then
     BALANCE_REQUESTS=${BALANCE_REQUESTS:-90}
     FAILOVER_REQUESTS=${FAILOVER_REQUESTS:-90}
     FAILOVER_CONCURRENCY=${FAILOVER_CONCURRENCY:-3}
-    FAILOVER_PATH=${FAILOVER_PATH:-/delay/100}
+    FAILOVER_PATH=${FAILOVER_PATH:-/delay/200}
 else
     READY_TIMEOUT_SECONDS=${READY_TIMEOUT_SECONDS:-30}
     BALANCE_REQUESTS=${BALANCE_REQUESTS:-300}
@@ -498,11 +502,17 @@ load_progress() {
     ((LOAD_DONE >= $2))
 }
 
-# victim_out EXPECTED: /ready counts EXPECTED healthy backends (the victim left the rotation).
-victim_out() {
-    local n
-    n=$(healthy_count "$ADMIN_URL")
-    [[ -n $n ]] && ((n <= $1))
+# backend_up_value FILE LABEL: gateway_backend_up{backend="LABEL"} in a scrape (empty when absent).
+backend_up_value() {
+    awk -v want="backend=\"$2\"" 'index($0, "gateway_backend_up{") == 1 && index($0, want) { print $NF; exit }' "$1"
+}
+
+# victim_marked_down LABEL FILE: the proxy's /metrics say gateway_backend_up{backend="LABEL"} 0;
+# that scrape stays in FILE (the split point of the table: its counters are read at that moment).
+victim_marked_down() {
+    curl -fsS --max-time 2 "$ADMIN_URL/metrics" >"$2.tmp" 2>/dev/null || return 1
+    [[ $(backend_up_value "$2.tmp" "$1") == 0 ]] || return 1
+    mv -f -- "$2.tmp" "$2"
 }
 
 VICTIM_KILLED=0
@@ -512,9 +522,14 @@ compose_restore_victim() {
     compose_do start "$FAILOVER_SERVICE" && VICTIM_KILLED=0
 }
 
+# The table is split at two moments, each read from the proxy's /metrics: when the kill returned
+# (`docker compose kill` returns once the container has stopped; locally the killed process has
+# been reaped), and when the proxy marked the victim down (gateway_backend_up 0, the scrape that
+# showed it). The victim can answer nothing after the first; requests it was sent until the
+# second fail to connect and are retried on another backend, so it must be credited with none.
 scenario_failover() {
     local n=$FAILOVER_REQUESTS c=$FAILOVER_CONCURRENCY path=$FAILOVER_PATH
-    local victim=1 victim_name victim_label base ab_pid t_kill down_ms="" i
+    local victim=1 victim_name victim_label base ab_pid t_kill down_ms="" load_at_down="" i
     if ((COMPOSE)); then
         # A previous run may have left the victim down.
         compose_do start "$FAILOVER_SERVICE" || die "could not start $FAILOVER_SERVICE"
@@ -535,28 +550,32 @@ scenario_failover() {
     LOAD_ENDED=0
     poll $((AB_TIMEOUT_SECONDS * 1000)) 0.02 load_progress "$base" "$FAILOVER_KILL_AFTER" "$ab_pid" ||
         die "the load did not reach $FAILOVER_KILL_AFTER answered requests"
-    scrape "$ADMIN_URL" "$WORK_DIR/m_kill"
-    LOAD_DONE=$(($(requests_total "$WORK_DIR/m_kill") - base))
     ((LOAD_DONE >= n)) && LOAD_ENDED=1
     if ((LOAD_ENDED)); then
         fail_line "the load ended before the kill could land ($LOAD_DONE of $n answered); raise FAILOVER_REQUESTS"
+        scrape "$ADMIN_URL" "$WORK_DIR/m_kill"
     elif ((COMPOSE)); then
         VICTIM_KILLED=1
         CLEANUP_HOOKS+=(compose_restore_victim)
         compose_do kill "$FAILOVER_SERVICE" || die "could not kill $FAILOVER_SERVICE"
         t_kill=$(now_ms)
-        say "killed $victim_name ($victim_label) with docker compose kill (SIGKILL) after $LOAD_DONE answered requests"
+        scrape "$ADMIN_URL" "$WORK_DIR/m_kill"
+        say "killed $victim_name ($victim_label) with docker compose kill (SIGKILL); $(($(requests_total "$WORK_DIR/m_kill") - base)) requests answered when it returned"
     else
         # Reaped at once, with stderr closed, so bash reports no "Killed" job.
         { kill -KILL "${BACKEND_PIDS[victim]}" && wait "${BACKEND_PIDS[victim]}"; } 2>/dev/null || true
         t_kill=$(now_ms)
-        say "killed $victim_name ($victim_label, pid ${BACKEND_PIDS[victim]}) with SIGKILL after $LOAD_DONE answered requests"
+        scrape "$ADMIN_URL" "$WORK_DIR/m_kill"
+        say "killed $victim_name ($victim_label, pid ${BACKEND_PIDS[victim]}) with SIGKILL; $(($(requests_total "$WORK_DIR/m_kill") - base)) requests answered when it was reaped"
     fi
     if ((!LOAD_ENDED)); then
-        if poll 10000 0.05 victim_out $((${#BACKEND_LABELS[@]} - 1)); then
+        if poll 10000 0.05 victim_marked_down "$victim_label" "$WORK_DIR/m_down"; then
             down_ms=$(($(now_ms) - t_kill))
+            load_at_down=$(($(requests_total "$WORK_DIR/m_down") - base))
         fi
     fi
+    # Without a "marked down" moment the last two rows are one: from the kill to the end.
+    [[ -f $WORK_DIR/m_down ]] || cp "$WORK_DIR/m_kill" "$WORK_DIR/m_down"
 
     wait_exit "$ab_pid" $((AB_TIMEOUT_SECONDS * 1000 + 5000))
     AB_RC=$EXIT_RC
@@ -568,14 +587,17 @@ scenario_failover() {
     delta "$WORK_DIR/m0" "$WORK_DIR/m_kill"
     local before_victim=${D_BACKEND[victim]:-0}
     table_row "before kill" "$D_TOTAL" - -
-    delta "$WORK_DIR/m_kill" "$WORK_DIR/m_end"
+    delta "$WORK_DIR/m_kill" "$WORK_DIR/m_down"
+    local between_victim=${D_BACKEND[victim]:-0}
+    table_row "kill..marked down" "$D_TOTAL" - -
+    delta "$WORK_DIR/m_down" "$WORK_DIR/m_end"
     local after_total=$D_TOTAL after_victim=${D_BACKEND[victim]:-0}
-    table_row "after kill" "$D_TOTAL" - -
+    table_row "after marked down" "$D_TOTAL" - -
     delta "$WORK_DIR/m0" "$WORK_DIR/m_end"
     table_row "total" "$n" "$AB_FAILED" "$AB_RPS"
-    say "retried on another backend: $D_RETRIES (gateway_upstream_retries_total); $victim_name answered $after_victim after the kill (requests already on their way)"
+    say "retried on another backend: $D_RETRIES (gateway_upstream_retries_total)"
     if [[ -n $down_ms ]]; then
-        say "health check took $victim_name out of rotation $(secs "$down_ms")s after the kill"
+        say "the proxy marked $victim_name down (gateway_backend_up 0) $(secs "$down_ms")s after the kill returned, with $load_at_down of $n requests answered"
     fi
 
     expect_ab_clean "$n"
@@ -583,10 +605,13 @@ scenario_failover() {
     expect_eq "2xx counted by the proxy" "$D_2XX" "$n"
     expect_eq "5xx and other statuses" $((D_5XX + D_OTHER + D_429)) 0
     expect_true "$victim_name answered requests before the kill" $((before_victim > 0 ? 0 : 1)) "it answered none"
-    expect_true "requests were answered after the kill" $((after_total > 0 ? 0 : 1)) "none were"
     if ((!LOAD_ENDED)); then
-        expect_true "$victim_name taken out of rotation (/ready healthy_backends dropped)" \
-            "$([[ -n $down_ms ]] && echo 0 || echo 1)" "still counted healthy 10 s after the kill"
+        expect_true "the proxy marked $victim_name down (gateway_backend_up 0 on /metrics)" \
+            "$([[ -n $down_ms ]] && echo 0 || echo 1)" "still 1 on /metrics 10 s after the kill"
+        expect_eq "$victim_name answers between the kill and marked down" "$between_victim" 0
+        expect_eq "$victim_name answers after marked down" "$after_victim" 0
+        expect_true "requests were answered after $victim_name was marked down" $((after_total > 0 ? 0 : 1)) \
+            "none were: the load ended first (raise FAILOVER_REQUESTS or slow FAILOVER_PATH)"
     fi
     if ((COMPOSE)); then
         compose_restore_victim || warn "could not start $FAILOVER_SERVICE again"

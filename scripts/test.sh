@@ -2,9 +2,12 @@
 # Runs every test: installs what is missing (as root or with sudo; otherwise prints the exact
 # apt-get command), builds, runs the Rust unit and integration tests (real binaries on loopback),
 # the static checks of the deployment files, the live dashboard check against a real
-# Prometheus, and the load-test scenarios. Exits non-zero on the first failure.
+# Prometheus, the load-test scenarios, and the docker-compose demo end to end
+# (scripts/check_compose.sh: needs root or sudo when no Docker engine is usable; it installs
+# and starts one). Exits non-zero on the first failure.
 #
 #   ./scripts/test.sh
+#   SKIP_COMPOSE_CHECK=1 ./scripts/test.sh     everything but the compose check
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -26,6 +29,11 @@ step cargo test --workspace --locked
 step scripts/check_static.sh
 step scripts/check_dashboard_live.sh
 step loadtest/run_ab.sh all
+if [ "${SKIP_COMPOSE_CHECK:-0}" = 1 ]; then
+  echo; echo "=== scripts/check_compose.sh: skipped (SKIP_COMPOSE_CHECK=1)"
+else
+  step scripts/check_compose.sh
+fi
 
 echo
 echo "checks: $steps passed, 0 failed"
