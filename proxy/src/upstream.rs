@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures_util::future::join_all;
+use futures_util::FutureExt;
 use http::HeaderValue;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck};
@@ -308,14 +309,26 @@ impl UpstreamService {
         discovery.set_missed_tick_behavior(MissedTickBehavior::Delay);
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            // Not biased: when both are due (a discovery round that overran its interval, e.g.
-            // a name lookup hanging until its timeout), either may go first, so health checks
-            // are never starved by discovery nor the other way round. Shutdown is still seen at
-            // once: each round runs under `until_shutdown`.
+            // Whichever is due runs; then the other, if it is due too. Taking one of them first
+            // every time would starve the other whenever a round overruns its interval (a
+            // name lookup hanging until its timeout must not stop the health checks).
             let finished = tokio::select! {
+                biased;
                 () = shutdown_signalled(&mut shutdown) => return,
-                _ = discovery.tick() => until_shutdown(&mut shutdown, self.discover()).await,
-                _ = health.tick() => until_shutdown(&mut shutdown, self.check()).await,
+                _ = discovery.tick() => {
+                    let done = until_shutdown(&mut shutdown, self.discover()).await;
+                    match health.tick().now_or_never() {
+                        Some(_) if done.is_some() => until_shutdown(&mut shutdown, self.check()).await,
+                        _ => done,
+                    }
+                }
+                _ = health.tick() => {
+                    let done = until_shutdown(&mut shutdown, self.check()).await;
+                    match discovery.tick().now_or_never() {
+                        Some(_) if done.is_some() => until_shutdown(&mut shutdown, self.discover()).await,
+                        _ => done,
+                    }
+                }
             };
             if finished.is_none() {
                 return;
@@ -667,5 +680,68 @@ mod tests {
         stop.send(true).unwrap();
         bounded("stop", task).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Discovery whose every round after the first takes longer than its interval.
+    struct SlowAfterFirst(Arc<AtomicUsize>);
+
+    #[async_trait]
+    impl ServiceDiscovery for SlowAfterFirst {
+        async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+            if self.0.fetch_add(1, Ordering::SeqCst) > 0 {
+                tokio::time::sleep(DISCOVERY_INTERVAL + Duration::from_millis(500)).await;
+            }
+            let backend = Backend::new("10.0.0.1:9000")?;
+            Ok((BTreeSet::from([backend]), HashMap::new()))
+        }
+    }
+
+    /// Counts probes; every one passes.
+    struct CountingCheck(Arc<AtomicUsize>);
+
+    #[async_trait]
+    impl HealthCheck for CountingCheck {
+        async fn check(&self, _target: &Backend) -> pingora::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn health_threshold(&self, _success: bool) -> usize {
+            1
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overrunning_discovery_does_not_starve_health_checks() {
+        let (discoveries, checks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(
+            SlowAfterFirst(discoveries.clone()),
+        )));
+        lb.set_health_check(Box::new(CountingCheck(checks.clone())));
+        let service = UpstreamService {
+            lb: Arc::new(lb),
+            health_interval: Duration::from_millis(100),
+            first_round_timeout: Duration::from_secs(5),
+        };
+        let (mut ready, stop, task) = start(service);
+        bounded("ready", ready.wait_for(|&r| r)).await.unwrap();
+        // (Virtual time.) Once discovery overruns, both are due after every round: the probes
+        // must still run.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (d0, c0) = (
+            discoveries.load(Ordering::SeqCst),
+            checks.load(Ordering::SeqCst),
+        );
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let (d1, c1) = (
+            discoveries.load(Ordering::SeqCst),
+            checks.load(Ordering::SeqCst),
+        );
+        assert!(d1 - d0 >= 3, "discovery keeps running: {d0} -> {d1}");
+        assert!(
+            c1 - c0 >= 3,
+            "health checks starved: {c0} -> {c1} while discovery ran {d0} -> {d1}"
+        );
+        stop.send(true).unwrap();
+        bounded("stop", task).await.unwrap();
     }
 }
