@@ -31,6 +31,9 @@ use crate::metrics::Metrics;
 use crate::rate_limit::ClientKey;
 use crate::state::LiveState;
 
+/// How long a connection accepted just before shutdown gets to deliver its request.
+const ACCEPTED_REQUEST_GRACE: Duration = Duration::from_millis(250);
+
 /// The per-connection bounds, from `[server]` (fixed for the process's life).
 #[derive(Debug, Clone)]
 pub struct ConnectionBounds {
@@ -306,7 +309,12 @@ impl ServerApp for DownstreamApp {
     }
 
     async fn cleanup(&self) {
-        // Wakes kept-alive connections waiting for a request, so shutdown closes them.
+        // Pingora runs this once the listeners stopped accepting. A connection accepted in the
+        // last instant may not have delivered its request yet, and Pingora's cleanup aborts
+        // every request still being waited for: give those a moment to arrive (they are
+        // then answered, with keep-alive off), then wake the idle kept-alive connections so
+        // shutdown closes them.
+        fast_sleep(ACCEPTED_REQUEST_GRACE).await;
         self.proxy.http_cleanup().await;
     }
 }
