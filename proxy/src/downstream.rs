@@ -149,10 +149,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Handed to each request as its connection context: the gateway marks the request header as
 /// read (in `on_connection_reuse`, which Pingora calls right after the header is parsed) and
-/// applies the connection's keep-alive and body-read bounds to the session.
+/// applies the connection's body-read bound to the session.
 pub struct ConnectionContext {
     pub header_read: Arc<AtomicBool>,
-    pub keepalive_secs: Option<u64>,
+    /// `keepalive_timeout_seconds = 0`: no keep-alive at all.
+    pub keepalive_off: bool,
     pub body_timeout: Duration,
 }
 
@@ -160,10 +161,10 @@ impl ConnectionContext {
     /// Applies the bounds to a session whose request header has just been read.
     pub fn on_header_read(&self, session: &mut ServerSession) {
         self.header_read.store(true, Ordering::Release);
-        // Pingora turns keep-alive to "no idle limit" once it has read a request that allows
-        // it; bound it (unless the client asked to close, or shutdown turned it off).
-        if session.get_keepalive().is_some() {
-            session.set_keepalive(self.keepalive_secs);
+        // The idle bound is ours (the deadline in `serve_http1`), so Pingora's keep-alive stays
+        // "no limit" and its header reads carry no timer of their own.
+        if self.keepalive_off {
+            session.set_keepalive(None);
         }
         session.set_read_timeout(Some(self.body_timeout));
     }
@@ -211,44 +212,45 @@ impl DownstreamApp {
     /// Serves HTTP/1.x requests on one connection until it closes or a bound is reached.
     async fn serve_http1(&self, stream: Stream, accepted: Instant, shutdown: &ShutdownWatch) {
         let header_read = Arc::new(AtomicBool::new(false));
-        let keepalive_secs = self.bounds.keepalive_timeout.map(|d| d.as_secs());
+        let keepalive_off = self.bounds.keepalive_timeout.is_none();
         let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            keepalive_secs
-        });
+        // Some(0): keep-alive without Pingora's own idle timer; the deadline below bounds it.
+        session.set_keepalive((!keepalive_off && !*shutdown.borrow()).then_some(0));
         // Pingora counts reuses, so N requests are N - 1 reuses.
         session.set_keepalive_reuses_remaining(Some(self.bounds.keepalive_requests - 1));
         session.set_pipelining_enabled(true);
-        // The first header is due `header_timeout` after accept; a later one within the idle
-        // allowance plus `header_timeout` after the previous response.
+        // One deadline per request, on our own lazily armed timer: the first header is due
+        // `header_timeout` after accept; on a kept-alive connection the next header is due
+        // `keepalive_timeout` after the previous response, which is also the idle bound.
+        // (Pingora's own idle limit would put a timer on every header read.)
         let mut deadline = accepted + self.bounds.header_timeout;
+        let mut first = true;
         loop {
             header_read.store(false, Ordering::Release);
             session.set_connection_user_context(Some(Box::new(ConnectionContext {
                 header_read: header_read.clone(),
-                keepalive_secs,
+                keepalive_off,
                 body_timeout: self.bounds.body_timeout,
             })));
             let processing = self.proxy.process_new_http(session, shutdown);
             let wait = deadline.saturating_duration_since(Instant::now());
             let Some(reused) = within_header_deadline(processing, &header_read, wait).await else {
-                self.metrics.header_timeouts.inc();
-                tracing::debug!(
-                    "request header not complete within server.header_timeout_ms; closing"
-                );
-                return; // dropping the session closes the connection
+                if first {
+                    self.metrics.header_timeouts.inc();
+                    tracing::debug!(
+                        "request header not complete within server.header_timeout_ms; closing"
+                    );
+                }
+                return; // dropping the session closes the connection (idle or too slow)
             };
+            first = false;
             let Some(reused) = reused else { return };
             let (stream, persistent) = reused.consume();
             session = ServerSession::new_http1(stream);
             if let Some(persistent) = persistent {
                 persistent.apply_to_session(&mut session);
             }
-            deadline = Instant::now()
-                + self.bounds.keepalive_timeout.unwrap_or_default()
-                + self.bounds.header_timeout;
+            deadline = Instant::now() + self.bounds.keepalive_timeout.unwrap_or_default();
         }
     }
 }
