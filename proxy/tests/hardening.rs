@@ -781,3 +781,53 @@ async fn upstream_errors_are_counted_by_kind() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_requests_closes_the_connection_after_the_last() {
+    let backend = Backend::start("a");
+    let proxy = Proxy::start(
+        &[&backend],
+        "[server]\nkeepalive_requests = 3\n[rate_limit]\nenabled = false\n",
+    )
+    .await;
+    let mut conn = Conn::connect(proxy.addr, None).await.unwrap();
+    for i in 1..=3 {
+        let r = conn.request("GET", &format!("/k{i}"), &[]).await.unwrap();
+        assert_eq!(r.status, 200);
+        let closes = r
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        assert_eq!(closes, i == 3, "request {i}: {:?}", r.headers);
+    }
+    assert!(conn.closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_low_a_descriptor_limit_refuses_to_start() {
+    let dir = TempDir::new("nofile");
+    let w = write_config(
+        dir.path(),
+        &["127.0.0.1:9".to_owned()],
+        "[server]\nmax_connections = 1000\n",
+    );
+    let mut p = Spawned::start(
+        "prlimit",
+        &[
+            "--nofile=256:256",
+            "--",
+            PROXY_BIN,
+            "-c",
+            w.path.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let code = p.exit_code(Duration::from_secs(5)).await;
+    let out = p.output();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("server.max_connections 1000"), "{out}");
+    assert!(out.contains("hard limit is 256"), "{out}");
+    assert!(
+        try_get(w.admin, "/health").await.is_none(),
+        "nothing listens"
+    );
+}
