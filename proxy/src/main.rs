@@ -1,30 +1,9 @@
 //! `proxy`: an HTTP reverse proxy / API gateway on Pingora. This file only wires things together.
 #![forbid(unsafe_code)]
 
-mod access_log;
-mod admin;
-mod balance;
-mod cli;
-mod client_ip;
-mod config;
-mod config_locate;
-mod context;
-mod downstream;
-mod gateway;
-mod header_edit;
-mod headers;
-mod lifecycle;
-mod logging;
-mod metrics;
-mod panic_guard;
-mod rate_limit;
-mod reload;
-mod responses;
-mod server;
-mod signals;
-mod startup;
-mod state;
-mod upstream;
+use proxy::observe::logging;
+use proxy::ops::{admin, signals, startup};
+use proxy::{app, cli, config};
 
 use std::sync::{Arc, Mutex};
 
@@ -90,7 +69,7 @@ fn main() {
         .map(|a| a.to_string())
         .collect();
     let guards = Arc::new(Mutex::new(Some(guards)));
-    let run = server::RunOptions {
+    let run = app::RunOptions {
         upgrade: cli.upgrade,
         admin_listener,
         pending_reload,
@@ -98,7 +77,7 @@ fn main() {
         access_log: access_log.clone(),
     };
     let pid_file = settings.server.pid_file.clone();
-    let (server, run_args) = match server::build(settings, &cli.config, run) {
+    let (server, run_args) = match app::build(settings, &cli.config, run) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

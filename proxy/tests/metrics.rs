@@ -75,18 +75,19 @@ async fn counts_add_up_after_traffic_with_429s() {
         "gateway_upstream_response_seconds",
     ] {
         let buckets = m.series(&format!("{family}_bucket"));
-        let backends: std::collections::BTreeSet<String> = buckets
-            .iter()
-            .filter_map(|(l, _)| {
-                l.iter()
-                    .find(|(k, _)| k == "backend")
-                    .map(|(_, v)| v.clone())
-            })
-            .collect();
-        for backend in backends {
+        // One histogram per label set other than `le` (route and backend, or upstream and
+        // backend).
+        let without_le = |l: &Vec<(String, String)>| -> Vec<(String, String)> {
+            l.iter().filter(|(k, _)| k != "le").cloned().collect()
+        };
+        let histograms: std::collections::BTreeSet<Vec<(String, String)>> =
+            buckets.iter().map(|(l, _)| without_le(l)).collect();
+        assert!(!histograms.is_empty(), "{family} has no series");
+        for labels in histograms {
+            let backend = format!("{labels:?}");
             let series: Vec<(String, f64)> = buckets
                 .iter()
-                .filter(|(l, _)| l.iter().any(|(k, v)| k == "backend" && *v == backend))
+                .filter(|(l, _)| without_le(l) == labels)
                 .map(|(l, v)| (l.iter().find(|(k, _)| k == "le").unwrap().1.clone(), *v))
                 .collect();
             assert_eq!(series.first().unwrap().0, "0.0005", "{family} {backend}");
@@ -96,7 +97,11 @@ async fn counts_add_up_after_traffic_with_429s() {
                 series.windows(2).all(|w| w[0].1 <= w[1].1),
                 "{family} {backend} not cumulative"
             );
-            let count = m.sum(&format!("{family}_count"), &[("backend", &backend)]);
+            let filter: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let count = m.sum(&format!("{family}_count"), &filter);
             assert_eq!(series.last().unwrap().1, count);
         }
     }

@@ -5,7 +5,9 @@
 //! and common status, and looked up per request only for rare statuses.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -18,8 +20,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Label value for requests no backend answered (429, 502, 503).
+/// Label value for requests no backend answered (404, 429, 502, 503).
 pub const NO_BACKEND: &str = "none";
+
+/// A backend's metrics key: its group and its label.
+type BackendKey = (Arc<str>, String);
 
 /// Every gateway metric, registered in the app's own registry.
 pub struct Metrics {
@@ -42,15 +47,15 @@ pub struct Metrics {
     /// Requests whose body stalled longer than `server.body_timeout_ms` (answered 408).
     pub body_timeouts: IntCounter,
     upstream_errors: IntCounterVec,
-    none: Arc<BackendMetrics>,
-    /// Handles of configured backends by label, so rediscovery keeps health-driven values.
-    backends: Mutex<HashMap<String, Arc<BackendMetrics>>>,
+    /// Handles of configured backends by group and label, so rediscovery keeps health-driven
+    /// values.
+    backends: Mutex<HashMap<BackendKey, Arc<BackendMetrics>>>,
+    /// Request handles by route name, kept across reloads.
+    routes: Mutex<HashMap<Arc<str>, Arc<RouteMetrics>>>,
 }
 
-/// Handles for one backend label, resolved once.
+/// Handles for one backend of one group, resolved once.
 pub struct BackendMetrics {
-    pub requests: RequestCounters,
-    pub duration: Histogram,
     pub upstream_response: Histogram,
     pub retries: IntCounter,
     pub connections_reused: IntCounter,
@@ -64,9 +69,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "gateway_requests_total",
-                "Requests answered, by backend, method and status",
+                "Requests answered, by route, backend, method and status",
             ),
-            &["backend", "method", "status"],
+            &["route", "backend", "method", "status"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -74,7 +79,7 @@ impl Metrics {
                 "Time from the request's first byte to the response's last byte",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["backend"],
+            &["route", "backend"],
         )?;
         let upstream_response = HistogramVec::new(
             HistogramOpts::new(
@@ -82,14 +87,14 @@ impl Metrics {
                 "Time from sending the request upstream to the upstream's response header",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["backend"],
+            &["upstream", "backend"],
         )?;
         let backend_up = IntGaugeVec::new(
             Opts::new(
                 "gateway_backend_up",
                 "1 when the backend passes health checks, else 0",
             ),
-            &["backend"],
+            &["upstream", "backend"],
         )?;
         let rate_limited = IntCounter::new(
             "gateway_rate_limited_total",
@@ -100,14 +105,14 @@ impl Metrics {
                 "gateway_upstream_retries_total",
                 "Attempts that failed and were retried on another backend, by the backend that failed",
             ),
-            &["backend"],
+            &["upstream", "backend"],
         )?;
         let connections = IntCounterVec::new(
             Opts::new(
                 "gateway_upstream_connections_total",
                 "Upstream connections used, by whether they came from the keepalive pool",
             ),
-            &["backend", "reused"],
+            &["upstream", "backend", "reused"],
         )?;
         let reloads = IntCounterVec::new(
             Opts::new("gateway_config_reloads_total", "Config reloads by result"),
@@ -143,9 +148,9 @@ impl Metrics {
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "gateway_upstream_errors_total",
-                "Failed upstream attempts by backend and kind (connect, timeout, reset, truncated)",
+                "Failed upstream attempts by group, backend and kind (connect, timeout, reset, truncated)",
             ),
-            &["backend", "kind"],
+            &["upstream", "backend", "kind"],
         )?;
         let build_info = IntGaugeVec::new(
             Opts::new("gateway_build_info", "Build information; always 1"),
@@ -179,16 +184,6 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
 
-        let none = Arc::new(BackendMetrics::new(
-            NO_BACKEND,
-            &requests,
-            &duration,
-            &upstream_response,
-            &retries,
-            &connections,
-            &backend_up,
-            false,
-        ));
         Ok(Self {
             registry,
             requests,
@@ -206,39 +201,56 @@ impl Metrics {
             header_timeouts,
             body_timeouts,
             upstream_errors,
-            none,
             backends: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Handles for a configured backend; its `gateway_backend_up` series starts at 1, as
-    /// Pingora starts every backend healthy until a check says otherwise.
-    pub fn backend(&self, label: &str) -> Arc<BackendMetrics> {
-        let mut known = self.backends.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = known.get(label) {
+    /// Handles for a configured backend of `group`; its `gateway_backend_up` series starts at
+    /// 1, as Pingora starts every backend healthy until a check says otherwise.
+    pub fn backend(&self, group: &str, label: &str) -> Arc<BackendMetrics> {
+        let mut known = self.backends.lock();
+        let key = (Arc::from(group), label.to_owned());
+        if let Some(m) = known.get(&key) {
             return m.clone();
         }
-        let m = Arc::new(BackendMetrics::new(
-            label,
-            &self.requests,
-            &self.duration,
-            &self.upstream_response,
-            &self.retries,
-            &self.connections,
-            &self.backend_up,
-            true,
-        ));
-        known.insert(label.to_owned(), m.clone());
+        let labels = [group, label];
+        let up = self.backend_up.with_label_values(&labels);
+        up.set(1);
+        let m = Arc::new(BackendMetrics {
+            upstream_response: self.upstream_response.with_label_values(&labels),
+            retries: self.retries.with_label_values(&labels),
+            connections_reused: self.connections.with_label_values(&[group, label, "true"]),
+            connections_new: self.connections.with_label_values(&[group, label, "false"]),
+            up,
+        });
+        known.insert(key, m.clone());
         m
     }
 
     /// Handles of a configured backend, if discovery has seen it.
-    pub fn known_backend(&self, label: &str) -> Option<Arc<BackendMetrics>> {
+    pub fn known_backend(&self, group: &str, label: &str) -> Option<Arc<BackendMetrics>> {
         self.backends
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(label)
+            .get(&(Arc::from(group), label.to_owned()))
             .cloned()
+    }
+
+    /// Request handles of the route `name` (`none`: requests no route matched).
+    pub fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
+        self.routes
+            .lock()
+            .entry(name.clone())
+            .or_insert_with(|| {
+                Arc::new(RouteMetrics {
+                    none: RequestSeries::new(&self.requests, &self.duration, name, NO_BACKEND),
+                    requests: self.requests.clone(),
+                    duration: self.duration.clone(),
+                    name: name.clone(),
+                    per_backend: RwLock::new(Vec::new()),
+                })
+            })
+            .clone()
     }
 
     /// Counts a downstream connection closed at accept (`reason`: the cap it was over).
@@ -247,22 +259,18 @@ impl Metrics {
     }
 
     /// Counts a failed upstream attempt (rare: the labelled lookup is fine here).
-    pub fn upstream_error(&self, backend: &str, kind: &str) {
+    pub fn upstream_error(&self, group: &str, backend: &str, kind: &str) {
         self.upstream_errors
-            .with_label_values(&[backend, kind])
+            .with_label_values(&[group, backend, kind])
             .inc();
     }
 
-    /// Handles for requests no backend answered.
-    pub fn no_backend(&self) -> &Arc<BackendMetrics> {
-        &self.none
-    }
-
     /// Drops the up/down series of a backend that left the configuration.
-    pub fn forget_backend(&self, label: &str) {
-        let mut known = self.backends.lock().unwrap_or_else(|p| p.into_inner());
-        known.remove(label);
-        let _ = self.backend_up.remove_label_values(&[label]);
+    pub fn forget_backend(&self, group: &str, label: &str) {
+        self.backends
+            .lock()
+            .remove(&(Arc::from(group), label.to_owned()));
+        let _ = self.backend_up.remove_label_values(&[group, label]);
     }
 
     pub fn count_reload(&self, success: bool) {
@@ -281,44 +289,66 @@ impl Metrics {
     }
 }
 
-impl BackendMetrics {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        label: &str,
-        requests: &IntCounterVec,
-        duration: &HistogramVec,
-        upstream_response: &HistogramVec,
-        retries: &IntCounterVec,
-        connections: &IntCounterVec,
-        backend_up: &IntGaugeVec,
-        real_backend: bool,
-    ) -> Self {
-        if !real_backend {
-            // "none" only labels requests and latency; it has no connections, retries or health.
-            let detached = || IntCounter::new("detached", "not exported").ok();
-            let counter = || detached().unwrap_or_else(|| retries.with_label_values(&[label]));
-            return Self {
-                requests: RequestCounters::new(requests, label),
-                duration: duration.with_label_values(&[label]),
-                upstream_response: upstream_response.with_label_values(&[label]),
-                retries: counter(),
-                connections_reused: counter(),
-                connections_new: counter(),
-                up: IntGauge::new("detached", "not exported")
-                    .unwrap_or_else(|_| backend_up.with_label_values(&[label])),
-            };
-        }
-        let up = backend_up.with_label_values(&[label]);
-        up.set(1);
+/// `gateway_requests_total` and `gateway_request_duration_seconds` of one route and backend.
+pub struct RequestSeries {
+    pub requests: RequestCounters,
+    pub duration: Histogram,
+}
+
+impl RequestSeries {
+    fn new(requests: &IntCounterVec, duration: &HistogramVec, route: &str, backend: &str) -> Self {
         Self {
-            requests: RequestCounters::new(requests, label),
-            duration: duration.with_label_values(&[label]),
-            upstream_response: upstream_response.with_label_values(&[label]),
-            retries: retries.with_label_values(&[label]),
-            connections_reused: connections.with_label_values(&[label, "true"]),
-            connections_new: connections.with_label_values(&[label, "false"]),
-            up,
+            requests: RequestCounters::new(requests, route, backend),
+            duration: duration.with_label_values(&[route, backend]),
         }
+    }
+}
+
+/// The request handles of one route, per backend that answered, resolved on first use.
+pub struct RouteMetrics {
+    name: Arc<str>,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    /// Requests no backend answered (429, 404, 502, 503).
+    pub none: RequestSeries,
+    /// By backend label. A route's group has a handful of backends: a scan beats hashing.
+    per_backend: RwLock<Vec<(Arc<str>, Arc<RequestSeries>)>>,
+}
+
+impl RouteMetrics {
+    /// Runs `f` with the handles of `backend` (`None`: no backend answered).
+    pub fn with_series<R>(
+        &self,
+        backend: Option<&Arc<str>>,
+        f: impl FnOnce(&RequestSeries) -> R,
+    ) -> R {
+        let Some(label) = backend else {
+            return f(&self.none);
+        };
+        let same = |known: &Arc<str>| Arc::ptr_eq(known, label) || **known == **label;
+        {
+            let known = self.per_backend.read();
+            if let Some((_, series)) = known.iter().find(|(k, _)| same(k)) {
+                return f(series);
+            }
+        }
+        let series = {
+            let mut known = self.per_backend.write();
+            match known.iter().find(|(k, _)| same(k)) {
+                Some((_, series)) => series.clone(),
+                None => {
+                    let series = Arc::new(RequestSeries::new(
+                        &self.requests,
+                        &self.duration,
+                        &self.name,
+                        label,
+                    ));
+                    known.push((label.clone(), series.clone()));
+                    series
+                }
+            }
+        };
+        f(&series)
     }
 }
 
@@ -356,14 +386,16 @@ pub const INVALID_STATUS: &str = "invalid";
 /// method × status pairs are resolved once instead.
 pub struct RequestCounters {
     vec: IntCounterVec,
+    route: Arc<str>,
     label: Arc<str>,
     cached: Box<[OnceLock<IntCounter>]>,
 }
 
 impl RequestCounters {
-    fn new(vec: &IntCounterVec, label: &str) -> Self {
+    fn new(vec: &IntCounterVec, route: &str, label: &str) -> Self {
         Self {
             vec: vec.clone(),
+            route: Arc::from(route),
             label: Arc::from(label),
             cached: (0..METHOD_LABELS.len() * CACHED_STATUSES.len())
                 .map(|_| OnceLock::new())
@@ -383,7 +415,7 @@ impl RequestCounters {
         let method = method_index(method);
         let resolve = || {
             self.vec
-                .with_label_values(&[&self.label, METHOD_LABELS[method], status])
+                .with_label_values(&[&self.route, &self.label, METHOD_LABELS[method], status])
         };
         match CACHED_STATUSES.binary_search(&code) {
             Ok(i) => match self.cached.get(method * CACHED_STATUSES.len() + i) {
@@ -404,10 +436,10 @@ mod tests {
     fn statuses_outside_100_to_599_share_one_invalid_series() {
         let vec = IntCounterVec::new(
             Opts::new("gateway_requests_total", "test"),
-            &["backend", "method", "status"],
+            &["route", "backend", "method", "status"],
         )
         .unwrap();
-        let counters = RequestCounters::new(&vec, "b");
+        let counters = RequestCounters::new(&vec, "r", "b");
         for code in [600u16, 700, 999, 600] {
             counters.inc(&http::Method::GET, code, &code.to_string());
         }
@@ -415,7 +447,7 @@ mod tests {
         counters.inc(&http::Method::GET, 100, "100");
         counters.inc(&http::Method::GET, 200, "200");
 
-        let get = |status: &str| vec.with_label_values(&["b", "GET", status]).get();
+        let get = |status: &str| vec.with_label_values(&["r", "b", "GET", status]).get();
         assert_eq!(get(INVALID_STATUS), 4);
         assert_eq!((get("599"), get("100"), get("200")), (1, 1, 1));
         let statuses: Vec<String> = vec.collect()[0]

@@ -14,17 +14,19 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
-use crate::access_log::AccessLog;
-use crate::admin::{AdminApp, AdminServer};
 use crate::config::Settings;
-use crate::downstream::{ConnectionBounds, DownstreamApp};
+use crate::gateway::downstream::{ConnectionBounds, DownstreamApp};
+use crate::gateway::live::Live;
 use crate::gateway::Gateway;
-use crate::lifecycle::{DrainWatcher, SharedLogGuards};
-use crate::metrics::Metrics;
-use crate::reload::Reloader;
-use crate::signals::{PendingReload, ShutdownSignals};
-use crate::state::Live;
-use crate::upstream::{build_balancer, ConfiguredBackends, SystemResolver, UpstreamService};
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
+use crate::ops::admin::{AdminApp, AdminServer};
+use crate::ops::lifecycle::{DrainWatcher, SharedLogGuards};
+use crate::ops::reload::Reloader;
+use crate::ops::signals::{PendingReload, ShutdownSignals};
+use crate::upstream::discovery::SystemResolver;
+use crate::upstream::group::plan_cores;
+use crate::upstream::supervisor::GroupSupervisor;
 
 /// Pingora's own bound on attempts per request; ours (`upstream.max_retries`, at most 15)
 /// decides below it, so reloads can change it.
@@ -86,30 +88,20 @@ pub fn build(
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
-    let backends = ConfiguredBackends::new(
-        settings.upstream.backends.clone(),
-        metrics.clone(),
-        Box::new(SystemResolver),
-    );
-    let lb = Arc::new(build_balancer(
-        backends.clone(),
-        &settings.upstream.health_check,
-    ));
-    let balancer = background_service(
-        "upstream health and discovery",
-        UpstreamService::new(lb.clone(), &settings.upstream.health_check),
-    );
+    let plan = plan_cores(&settings.groups, &[], &metrics, || Box::new(SystemResolver));
+    let (supervisor, group_starter) = GroupSupervisor::new(plan.started);
+    let groups = background_service("upstream groups: discovery and health checks", supervisor);
 
     let settings = Arc::new(settings);
-    let live = Arc::new(ArcSwap::from_pointee(Live::new(settings.clone(), None)));
+    let live = Arc::new(ArcSwap::from_pointee(Live::new(
+        settings.clone(),
+        plan.cores,
+        &metrics,
+        None,
+    )));
     let draining = Arc::new(AtomicBool::new(false));
 
-    let gateway = Gateway::new(
-        live.clone(),
-        lb.clone(),
-        metrics.clone(),
-        run.access_log.clone(),
-    );
+    let gateway = Gateway::new(live.clone(), metrics.clone(), run.access_log.clone());
     let http = pingora::proxy::http_proxy(&server.configuration, gateway);
     let downstream = DownstreamApp::new(
         http,
@@ -128,10 +120,9 @@ pub fn build(
             run.admin_listener,
             AdminApp {
                 metrics: metrics.clone(),
-                lb,
                 draining: draining.clone(),
                 live: live.clone(),
-                listen_probe: crate::admin::probe_address(settings.server.listen[0]),
+                listen_probe: crate::ops::admin::probe_address(settings.server.listen[0]),
                 accepting: AtomicBool::new(false),
             },
         ),
@@ -142,8 +133,8 @@ pub fn build(
         Reloader {
             path: config_path.to_path_buf(),
             live,
-            backends,
             metrics: metrics.clone(),
+            groups: group_starter,
             pending: run.pending_reload,
         },
     );
@@ -159,7 +150,7 @@ pub fn build(
     );
 
     server.add_service(admin);
-    let upstream = server.add_service(balancer);
+    let upstream = server.add_service(groups);
     // No request before the first discovery and health round (see UpstreamService).
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&upstream);

@@ -21,14 +21,12 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::Semaphore;
 
-use crate::metrics::Metrics;
-use crate::state::LiveState;
+use crate::gateway::live::LiveState;
+use crate::observe::metrics::Metrics;
 
 /// Admin connections served at once; more are closed at accept. Scrapers and probes need a few.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
@@ -38,7 +36,6 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the admin endpoints answer from.
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
-    pub lb: Arc<LoadBalancer<RoundRobin>>,
     /// Set once graceful shutdown begins (SIGTERM, or an upgrade hand-over).
     pub draining: Arc<AtomicBool>,
     pub live: LiveState,
@@ -50,13 +47,17 @@ pub struct AdminApp {
 }
 
 impl AdminApp {
-    fn healthy_backends(&self) -> usize {
-        let backends = self.lb.backends();
-        backends
-            .get_backend()
+    /// Healthy and total backend addresses per group of the current snapshot.
+    fn group_health(&self) -> Vec<(Arc<str>, usize, usize)> {
+        self.live
+            .load()
+            .groups
             .iter()
-            .filter(|b| backends.ready(b))
-            .count()
+            .map(|g| {
+                let (healthy, total) = g.core.health_counts();
+                (g.settings.name.clone(), healthy, total)
+            })
+            .collect()
     }
 
     /// Whether the proxy listener accepts connections (probed until it first does).
@@ -79,12 +80,13 @@ impl AdminApp {
     pub async fn respond(&self, path: &str) -> Response<Full<Bytes>> {
         match path {
             "/metrics" => {
-                let clients = self
-                    .live
-                    .load()
-                    .limiter
-                    .as_ref()
-                    .map_or(0, |l| l.tracked_clients());
+                let live = self.live.load();
+                let clients: usize = live
+                    .global_quota
+                    .iter()
+                    .chain(live.router.routes().iter().filter_map(|r| r.quota.as_ref()))
+                    .map(|q| q.limiter.tracked_clients())
+                    .sum();
                 self.metrics.rate_limit_clients.set(clients as i64);
                 respond(
                     StatusCode::OK,
@@ -94,7 +96,8 @@ impl AdminApp {
             }
             "/health" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/ready" => {
-                let healthy = self.healthy_backends();
+                let groups = self.group_health();
+                let healthy: usize = groups.iter().map(|(_, h, _)| h).sum();
                 let draining = self.draining.load(Ordering::Relaxed);
                 let accepting = draining || self.proxy_accepting().await;
                 let status = if draining || healthy == 0 || !accepting {
@@ -107,6 +110,12 @@ impl AdminApp {
                     "draining": draining,
                     "healthy_backends": healthy,
                     "accepting": accepting && !draining,
+                    "upstreams": groups
+                        .iter()
+                        .map(|(name, healthy, total)| {
+                            (name.to_string(), serde_json::json!({"healthy": healthy, "backends": total}))
+                        })
+                        .collect::<serde_json::Map<_, _>>(),
                 });
                 respond(status, "application/json", format!("{body}\n").into_bytes())
             }

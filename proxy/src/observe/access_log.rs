@@ -13,7 +13,7 @@ use pingora::proxy::Session;
 use serde::Serialize;
 use tracing_appender::non_blocking::NonBlocking;
 
-use crate::context::RequestCtx;
+use crate::gateway::request_ctx::RequestCtx;
 
 /// A batch is handed to the writers once it holds this much...
 const FLUSH_BYTES: usize = 32 * 1024;
@@ -39,6 +39,10 @@ struct Line<'a> {
     method: &'a str,
     path: &'a str,
     status: u16,
+    /// The matched route (`none`: no route matched).
+    route: &'a str,
+    /// The route's upstream group.
+    upstream: Option<&'a str>,
     backend: Option<&'a str>,
     attempts: usize,
     duration_ms: f64,
@@ -89,7 +93,12 @@ impl AccessLog {
             request_id: ctx.request_id(),
             client_ip: ctx.client.or(ctx.peer),
             method: req.method.as_str(),
-            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            path: ctx
+                .original_path
+                .as_deref()
+                .unwrap_or_else(|| req.uri.path_and_query().map_or("/", |p| p.as_str())),
+            route: ctx.route_name(),
+            upstream: ctx.group().map(|g| &*g.settings.name),
             status,
             backend: ctx
                 .backend

@@ -31,15 +31,34 @@ pub fn span_of(text: &str, dotted: &str) -> Option<Range<usize>> {
     let mut best = None;
     let parts: Vec<&str> = dotted.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
-        let Some(item) = table.get(part) else { break };
-        let span = item_span(item).or_else(|| table.key(part).and_then(|k| k.span()));
+        // `routes[2]`: the third table of an array of tables (or inline table of an array).
+        let (name, index) = match part.strip_suffix(']').and_then(|p| p.split_once('[')) {
+            Some((name, index)) => (name, index.parse::<usize>().ok()),
+            None => (*part, None),
+        };
+        let Some(item) = table.get(name) else { break };
+        let span = item_span(item).or_else(|| table.key(name).and_then(|k| k.span()));
         if span.is_some() {
             best = span;
         }
+        let indexed: Option<&dyn TableLike> = match index {
+            Some(n) => match item {
+                Item::ArrayOfTables(a) => a.get(n).map(|t| {
+                    best = t.span().or(best.clone());
+                    t as &dyn TableLike
+                }),
+                Item::Value(Value::Array(a)) => a.get(n).and_then(|v| {
+                    best = v.span().or(best.clone());
+                    v.as_inline_table().map(|t| t as &dyn TableLike)
+                }),
+                _ => None,
+            },
+            None => None,
+        };
         if i + 1 == parts.len() {
             break;
         }
-        match item.as_table_like() {
+        match indexed.or_else(|| item.as_table_like()) {
             Some(next) => table = next,
             None => break,
         }
@@ -60,6 +79,15 @@ fn find_in_table(table: &dyn TableLike, offset: usize, path: &mut Vec<String>) -
             .key(name)
             .and_then(|k| k.span())
             .is_some_and(|s| contains(&s, offset));
+        if let Item::ArrayOfTables(tables) = item {
+            for (i, inner) in tables.iter().enumerate() {
+                path.push(format!("{name}[{i}]"));
+                if find_in_table(inner, offset, path) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
         path.push(name.to_owned());
         if let Some(inner) = item.as_table_like() {
             if find_in_table(inner, offset, path) {
@@ -111,6 +139,18 @@ mod tests {
         // A key that is not written points at its table.
         let s = span_of(DOC, "server.listen").unwrap();
         assert_eq!(line_col(DOC, s.start).0, 1);
+    }
+
+    const ROUTES: &str = "[upstream]\nbackends = [\"a:1\"]\n\n[[routes]]\nname = \"a\"\nupstream = \"x\"\n\n[[routes]]\nname = \"b\"\nupstream = \"y\"\n";
+
+    #[test]
+    fn finds_keys_in_arrays_of_tables() {
+        let s = span_of(ROUTES, "routes[1].upstream").unwrap();
+        assert_eq!(line_col(ROUTES, s.start).0, 10);
+        let s = span_of(ROUTES, "routes[0].name").unwrap();
+        assert_eq!(line_col(ROUTES, s.start).0, 5);
+        let at = ROUTES.rfind("\"y\"").unwrap();
+        assert_eq!(key_at(ROUTES, at).as_deref(), Some("routes[1].upstream"));
     }
 
     #[test]

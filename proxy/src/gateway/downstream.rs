@@ -24,12 +24,12 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
-use crate::client_ip::in_any;
 use crate::config::ServerSettings;
+use crate::gateway::live::LiveState;
 use crate::gateway::Gateway;
-use crate::metrics::Metrics;
-use crate::rate_limit::ClientKey;
-use crate::state::LiveState;
+use crate::limits::client_ip::in_any;
+use crate::limits::sliding_window::ClientKey;
+use crate::observe::metrics::Metrics;
 
 /// How long a connection accepted just before shutdown gets to deliver its request.
 const ACCEPTED_REQUEST_GRACE: Duration = Duration::from_millis(250);

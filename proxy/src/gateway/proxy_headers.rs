@@ -9,15 +9,16 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType, OrErr};
 
-use crate::context::RequestCtx;
-use crate::header_edit::{edit_request, edit_response, Editor, Name};
-use crate::rate_limit::Decision;
-use crate::state::Live;
+use crate::gateway::header_case::{edit_request, edit_response, Editor, Name};
+use crate::gateway::request_ctx::RequestCtx;
+use crate::limits::quota::Quota;
+use crate::limits::sliding_window::Decision;
 
 pub const X_REQUEST_ID: Name = Name::from_static("x-request-id", "X-Request-Id");
 pub const X_FORWARDED_FOR: Name = Name::from_static("x-forwarded-for", "X-Forwarded-For");
 const X_FORWARDED_PROTO: Name = Name::from_static("x-forwarded-proto", "X-Forwarded-Proto");
 const X_FORWARDED_HOST: Name = Name::from_static("x-forwarded-host", "X-Forwarded-Host");
+const X_FORWARDED_PREFIX: Name = Name::from_static("x-forwarded-prefix", "X-Forwarded-Prefix");
 const X_UPSTREAM: Name = Name::from_static("x-upstream", "X-Upstream");
 const VIA: Name = Name::from_static("via", "Via");
 const RATELIMIT_LIMIT: Name = Name::from_static("ratelimit-limit", "RateLimit-Limit");
@@ -64,7 +65,9 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         })
     };
-    let room = UPSTREAM_ADDED + settings.request.len();
+    let route = ctx.route();
+    let room =
+        UPSTREAM_ADDED + 1 + settings.request.len() + route.map_or(0, |r| r.request_headers.len());
     edit_request(req, settings.preserve_case, room, |h| {
         if let Some(value) = forwarded_for {
             h.insert(&X_FORWARDED_FOR, value)?;
@@ -81,6 +84,14 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
         h.insert(&X_REQUEST_ID, ctx.request_id.clone())?;
         for c in &settings.request {
             h.insert(&c.name, c.value.clone())?;
+        }
+        if let Some(route) = route {
+            if let Some(prefix) = &route.forwarded_prefix {
+                h.insert(&X_FORWARDED_PREFIX, prefix.clone())?;
+            }
+            for c in &route.request_headers {
+                h.insert(&c.name, c.value.clone())?;
+            }
         }
         Ok(())
     })
@@ -154,18 +165,25 @@ pub fn add_downstream_headers(
         }
         _ => HeaderValue::from_static(VIA_VALUE),
     };
-    let room = DOWNSTREAM_ADDED + settings.response.len();
+    let room = DOWNSTREAM_ADDED
+        + settings.response.len()
+        + ctx.route().map_or(0, |r| r.response_headers.len());
     edit_response(resp, settings.preserve_case, room, |h| {
         if let Some(upstream) = upstream {
             h.insert(&X_UPSTREAM, upstream.clone())?;
         }
         h.insert(&X_REQUEST_ID, ctx.request_id.clone())?;
         h.insert(&VIA, via)?;
-        if let Some(decision) = &ctx.rate {
-            add_rate_limit_headers(h, decision, &ctx.live)?;
+        if let (Some(decision), Some(quota)) = (&ctx.rate, ctx.quota()) {
+            add_rate_limit_headers(h, decision, quota)?;
         }
         for c in &settings.response {
             h.insert(&c.name, c.value.clone())?;
+        }
+        if let Some(route) = ctx.route() {
+            for c in &route.response_headers {
+                h.insert(&c.name, c.value.clone())?;
+            }
         }
         Ok(())
     })
@@ -174,13 +192,13 @@ pub fn add_downstream_headers(
 fn add_rate_limit_headers(
     h: &mut Editor<'_, ResponseHeader>,
     d: &Decision,
-    live: &Live,
+    quota: &Quota,
 ) -> pingora::Result<()> {
-    h.insert(&RATELIMIT_LIMIT, live.limit_header.clone())?;
-    h.insert(&RATELIMIT_REMAINING, live.number(d.remaining.into()))?;
-    h.insert(&RATELIMIT_RESET, live.number(d.reset_secs))?;
+    h.insert(&RATELIMIT_LIMIT, quota.limit_header.clone())?;
+    h.insert(&RATELIMIT_REMAINING, quota.number(d.remaining.into()))?;
+    h.insert(&RATELIMIT_RESET, quota.number(d.reset_secs))?;
     if !d.allowed {
-        h.insert(&RETRY_AFTER, live.number(d.retry_after_secs))?;
+        h.insert(&RETRY_AFTER, quota.number(d.retry_after_secs))?;
     }
     Ok(())
 }

@@ -8,8 +8,14 @@ use http::HeaderValue;
 use pingora_limits::inflight::Guard;
 use prometheus::IntGauge;
 
-use crate::rate_limit::Decision;
-use crate::state::Live;
+use std::sync::atomic::Ordering;
+
+use crate::config::validate::NO_ROUTE;
+use crate::gateway::live::Live;
+use crate::limits::quota::Quota;
+use crate::limits::sliding_window::Decision;
+use crate::routing::Route;
+use crate::upstream::group::Group;
 use crate::upstream::BackendInfo;
 
 /// State of one request. Retries see the same value, so attempts and tried backends add up.
@@ -25,6 +31,11 @@ pub struct RequestCtx {
     pub peer: Option<IpAddr>,
     /// The peer is in `rate_limit.trusted_proxies`: its forwarding headers are believed.
     pub peer_trusted: bool,
+    /// The matched route, an index into `live.router` (`None`: nothing matched, or not yet).
+    pub route: Option<usize>,
+    /// The path and query as the client sent them, when `strip_prefix` changed them.
+    pub original_path: Option<Box<str>>,
+    /// The rate-limit decision of [`quota`](Self::quota).
     pub rate: Option<Decision>,
     /// Upstream attempts made (1 = no retry).
     pub attempts: usize,
@@ -36,6 +47,8 @@ pub struct RequestCtx {
     pub upstream_sent: Option<Instant>,
     /// Time from sending upstream to the upstream's response header.
     pub upstream_time: Option<Duration>,
+    /// Counts the current attempt in its backend's in-flight requests (`least_requests`).
+    pub attempt: Option<AttemptGuard>,
     /// Held for the whole request: the per-client concurrency count.
     pub client_inflight: Option<Guard>,
     /// Held for the whole request: decrements `gateway_inflight_requests` when dropped.
@@ -51,12 +64,15 @@ impl RequestCtx {
             client: None,
             peer: None,
             peer_trusted: false,
+            route: None,
+            original_path: None,
             rate: None,
             attempts: 0,
             tried: Vec::new(),
             backend: None,
             upstream_sent: None,
             upstream_time: None,
+            attempt: None,
             client_inflight: None,
             inflight: None,
         }
@@ -68,6 +84,45 @@ impl RequestCtx {
 
     pub fn backend_label(&self) -> &str {
         self.backend.as_ref().map_or("-", |b| &b.label)
+    }
+
+    /// The matched route.
+    pub fn route(&self) -> Option<&Route> {
+        self.route.and_then(|i| self.live.router.route(i))
+    }
+
+    /// The matched route's name, `none` when nothing matched.
+    pub fn route_name(&self) -> &str {
+        self.route().map_or(NO_ROUTE, |r| &r.name)
+    }
+
+    /// The quota this request spends: its route's own, or the global one.
+    pub fn quota(&self) -> Option<&Quota> {
+        match self.route().map(|r| r.quota.as_deref()) {
+            Some(Some(own)) => Some(own),
+            _ => self.live.global_quota.as_deref(),
+        }
+    }
+
+    /// The group the matched route sends to.
+    pub fn group(&self) -> Option<&Group> {
+        self.route().and_then(|r| self.live.groups.get(r.group))
+    }
+}
+
+/// One attempt counted in its backend's in-flight requests until it ends.
+pub struct AttemptGuard(Arc<BackendInfo>);
+
+impl AttemptGuard {
+    pub fn new(backend: Arc<BackendInfo>) -> Self {
+        backend.inflight.fetch_add(1, Ordering::Relaxed);
+        Self(backend)
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -12,17 +12,22 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{load_config, Settings};
-use crate::metrics::Metrics;
-use crate::signals::PendingReload;
-use crate::state::{Live, LiveState};
-use crate::upstream::ConfiguredBackends;
+use futures_util::future::join_all;
+
+use crate::config::{load_config, BackendAddr, GroupSettings, RouteSettings, Settings};
+use crate::gateway::live::{Live, LiveState};
+use crate::observe::metrics::Metrics;
+use crate::ops::signals::PendingReload;
+use crate::upstream::discovery::SystemResolver;
+use crate::upstream::group::plan_cores;
+use crate::upstream::supervisor::GroupStarter;
 
 pub struct Reloader {
     pub path: PathBuf,
     pub live: LiveState,
-    pub backends: Arc<ConfiguredBackends>,
     pub metrics: Arc<Metrics>,
+    /// Starts the loops of groups a reload adds.
+    pub groups: GroupStarter,
     /// SIGHUPs caught since `main` began, before this service listened.
     pub pending: PendingReload,
 }
@@ -34,7 +39,7 @@ impl Reloader {
         let loaded = tokio::task::spawn_blocking(move || load_config(&path)).await;
         match loaded {
             Ok(Ok(settings)) => {
-                self.apply(settings);
+                self.apply(settings).await;
                 self.metrics.count_reload(true);
             }
             Ok(Err(e)) => {
@@ -48,14 +53,26 @@ impl Reloader {
         }
     }
 
-    fn apply(&self, new: Settings) {
+    /// Swaps `new` in: groups that can keep their core keep it (health state, pooled
+    /// connections), new groups finish their first discovery and health round first, removed
+    /// groups stop.
+    async fn apply(&self, new: Settings) {
         let old = self.live.load_full();
         let changes = describe_changes(&old.settings, &new);
-        if new.upstream.backends != old.settings.upstream.backends {
-            self.backends.replace(new.upstream.backends.clone());
+        let plan = plan_cores(&new.groups, &old.groups, &self.metrics, || {
+            Box::new(SystemResolver)
+        });
+        join_all(
+            plan.started
+                .iter()
+                .map(|core| self.groups.start(core.clone())),
+        )
+        .await;
+        let live = Live::new(Arc::new(new), plan.cores, &self.metrics, Some(&old));
+        self.live.store(Arc::new(live));
+        for core in &plan.retired {
+            core.retire();
         }
-        self.live
-            .store(Arc::new(Live::new(Arc::new(new), Some(&old))));
         if changes.is_empty() {
             tracing::info!("config reloaded: nothing changed");
         } else {
@@ -67,35 +84,67 @@ impl Reloader {
 /// Human-readable list of what changed, with a warning for what needs a restart.
 fn describe_changes(old: &Settings, new: &Settings) -> Vec<String> {
     let mut out = Vec::new();
-    let (o, n) = (&old.upstream, &new.upstream);
-    if o.backends != n.backends {
-        let label = |b: &crate::config::BackendAddr| b.label();
-        let added: Vec<String> = n
-            .backends
-            .iter()
-            .filter(|b| !o.backends.contains(b))
-            .map(label)
-            .collect();
-        let removed: Vec<String> = o
-            .backends
-            .iter()
-            .filter(|b| !n.backends.contains(b))
-            .map(label)
-            .collect();
-        out.push(format!("backends added {added:?}, removed {removed:?}"));
+    let named =
+        |list: &[Arc<GroupSettings>], name: &str| list.iter().find(|g| *g.name == *name).cloned();
+    for n in &new.groups {
+        match named(&old.groups, &n.name) {
+            None => out.push(format!("upstream group \"{}\" added", n.name)),
+            Some(o) if o != *n => {
+                let mut what = Vec::new();
+                if o.backends != n.backends {
+                    let label = |b: &BackendAddr| format!("{} (weight {})", b.label(), b.weight);
+                    let added: Vec<String> = n
+                        .backends
+                        .iter()
+                        .filter(|b| !o.backends.contains(b))
+                        .map(label)
+                        .collect();
+                    let removed: Vec<String> = o
+                        .backends
+                        .iter()
+                        .filter(|b| !n.backends.contains(b))
+                        .map(label)
+                        .collect();
+                    what.push(format!("backends added {added:?}, removed {removed:?}"));
+                }
+                if o.balance != n.balance {
+                    what.push(format!("balance {:?}", n.balance));
+                }
+                if o.health_check != n.health_check {
+                    what.push(
+                        "health check changed (checks restart, health state starts afresh)".into(),
+                    );
+                }
+                if (
+                    o.connect_timeout,
+                    o.read_timeout,
+                    o.idle_timeout,
+                    o.max_retries,
+                ) != (
+                    n.connect_timeout,
+                    n.read_timeout,
+                    n.idle_timeout,
+                    n.max_retries,
+                ) {
+                    what.push("timeouts/retries updated".into());
+                }
+                out.push(format!(
+                    "upstream group \"{}\": {}",
+                    n.name,
+                    what.join(", ")
+                ));
+            }
+            Some(_) => {}
+        }
     }
-    if (
-        o.connect_timeout,
-        o.read_timeout,
-        o.idle_timeout,
-        o.max_retries,
-    ) != (
-        n.connect_timeout,
-        n.read_timeout,
-        n.idle_timeout,
-        n.max_retries,
-    ) {
-        out.push("upstream timeouts/retries updated".into());
+    for o in &old.groups {
+        if named(&new.groups, &o.name).is_none() {
+            out.push(format!("upstream group \"{}\" removed", o.name));
+        }
+    }
+    if old.routes != new.routes {
+        let names = |r: &[RouteSettings]| r.iter().map(|r| r.name.to_string()).collect::<Vec<_>>();
+        out.push(format!("routes now {:?}", names(&new.routes)));
     }
     if old.rate_limit != new.rate_limit {
         out.push("rate_limit updated".into());
@@ -113,10 +162,9 @@ fn describe_changes(old: &Settings, new: &Settings) -> Vec<String> {
             "log.level/log.file",
             (&old.log.level, &old.log.file) != (&new.log.level, &new.log.file),
         ),
-        ("upstream.health_check", o.health_check != n.health_check),
         (
             "upstream.keepalive_pool_size",
-            o.keepalive_pool_size != n.keepalive_pool_size,
+            old.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size,
         ),
     ];
     for (key, changed) in fixed {

@@ -6,8 +6,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use crate::context::RequestCtx;
-use crate::headers::add_downstream_headers;
+use crate::gateway::proxy_headers::add_downstream_headers;
+use crate::gateway::request_ctx::RequestCtx;
 
 /// Status and short message for a failed proxy attempt, by the error's type and source.
 pub fn classify(e: &Error) -> (u16, &'static str) {

@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::access_log::AccessLog;
-use crate::logging::LogGuards;
-use crate::metrics::Metrics;
+use crate::observe::access_log::AccessLog;
+use crate::observe::logging::LogGuards;
+use crate::observe::metrics::Metrics;
 
 /// How long the gateway must stay idle before the process exits early: a keep-alive client
 /// may send one more request right after a response.

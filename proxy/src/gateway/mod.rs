@@ -4,84 +4,69 @@
 //! tried; `fail_to_connect` / `error_while_proxy` decide retries; the response filters add
 //! headers; `fail_to_proxy` writes our JSON errors; `logging` records metrics and the access log.
 
-use std::net::{IpAddr, SocketAddr};
+pub mod downstream;
+pub mod error_response;
+pub mod header_case;
+pub mod live;
+pub mod panic_guard;
+pub mod proxy_headers;
+pub mod request_ctx;
+
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyWarnLogContext, Session};
 use pingora::ErrorSource;
 use pingora_limits::inflight::Inflight;
 
-use crate::access_log::AccessLog;
-use crate::balance::SmoothRoundRobin;
-use crate::client_ip::{client_ip, in_any};
-use crate::context::{InflightGuard, RequestCtx};
-use crate::downstream::ConnectionContext;
-use crate::headers::{self, X_FORWARDED_FOR};
-use crate::metrics::Metrics;
-use crate::panic_guard;
-use crate::rate_limit::{ClientKey, Decision};
-use crate::responses::{classify, write_error};
-use crate::state::LiveState;
+use crate::config::validate::NO_ROUTE;
+use crate::config::HashKey;
+use crate::limits::client_ip::{client_ip, in_any};
+use crate::limits::sliding_window::{ClientKey, Decision};
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
+use crate::observe::metrics::RouteMetrics;
+use crate::routing::{host_buffer, host_key};
+use crate::upstream::retry;
 use crate::upstream::BackendInfo;
+use downstream::ConnectionContext;
+use error_response::{classify, write_error};
+use live::LiveState;
+use proxy_headers::X_FORWARDED_FOR;
+use request_ctx::{AttemptGuard, InflightGuard, RequestCtx};
 
 /// The gateway service: everything shared across requests.
 pub struct Gateway {
     pub live: LiveState,
-    pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub metrics: Arc<Metrics>,
     /// Concurrent requests per client (approximate; only consulted when a cap is set).
     pub client_inflight: Inflight,
     pub access_log: AccessLog,
-    /// Smooth weighted round robin over the healthy backends.
-    balancer: SmoothRoundRobin,
+    /// Request metrics of requests no route matched.
+    no_route: Arc<RouteMetrics>,
 }
 
 impl Gateway {
-    pub fn new(
-        live: LiveState,
-        lb: Arc<LoadBalancer<RoundRobin>>,
-        metrics: Arc<Metrics>,
-        access_log: AccessLog,
-    ) -> Self {
+    pub fn new(live: LiveState, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
         Self {
             live,
-            lb,
+            no_route: metrics.route(&Arc::from(NO_ROUTE)),
             metrics,
             client_inflight: Inflight::new(),
             access_log,
-            balancer: SmoothRoundRobin::default(),
         }
     }
 
-    /// The next healthy backend not yet tried by this request, by smooth weighted round robin
-    /// (a dead backend's share is spread over the others, not handed to its successor): its
-    /// address and what discovery attached to it. Not Pingora's `select_with`, which allocates
-    /// a `HashSet` and clones the `Backend` on every call.
-    fn next_backend(&self, tried: &[SocketAddr]) -> Option<(SocketAddr, Option<Arc<BackendInfo>>)> {
-        self.balancer.next(self.lb.backends(), tried)
-    }
-
-    /// Whether another attempt could go to a healthy backend this request has not tried.
-    fn untried_backend_left(&self, ctx: &RequestCtx) -> bool {
-        let backends = self.lb.backends();
-        backends
-            .get_backend()
-            .iter()
-            .any(|b| backends.ready(b) && b.addr.as_inet().is_some_and(|a| !ctx.tried.contains(a)))
-    }
-
-    /// Marks `e` retryable when the budget and the pool allow, and counts the retry.
+    /// Marks `e` retryable when the group's policy and backends allow, and counts the retry.
     fn decide_retry(&self, e: &mut Error, ctx: &RequestCtx, retryable: bool) {
-        let settings = &ctx.live.settings;
         let retry = retryable
-            && ctx.attempts <= settings.upstream.max_retries
-            && self.untried_backend_left(ctx);
+            && ctx
+                .group()
+                .is_some_and(|g| retry::another_attempt(g, ctx.attempts, &ctx.tried));
         e.set_retry(retry);
         if retry {
             if let Some(b) = &ctx.backend {
@@ -89,6 +74,7 @@ impl Gateway {
             }
             tracing::warn!(
                 request_id = ctx.request_id(),
+                route = ctx.route_name(),
                 backend = ctx.backend_label(),
                 attempt = ctx.attempts,
                 cause = %e,
@@ -99,15 +85,24 @@ impl Gateway {
 
     /// Counts a failed upstream attempt in `gateway_upstream_errors_total`.
     fn count_upstream_error(&self, ctx: &RequestCtx, kind: &str) {
-        self.metrics.upstream_error(ctx.backend_label(), kind);
+        let group = ctx.group().map_or("-", |g| &*g.settings.name);
+        self.metrics
+            .upstream_error(group, ctx.backend_label(), kind);
     }
 
     /// Answers 429 with the rate-limit headers and JSON body.
-    async fn reject(&self, session: &mut Session, ctx: &RequestCtx, why: &str) -> Result<bool> {
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        key: ClientKey,
+        why: &str,
+    ) -> Result<bool> {
         self.metrics.rate_limited.inc();
         tracing::debug!(
             request_id = ctx.request_id(),
-            client = ?ctx.client.map(ClientKey::from_ip).map(|k| k.to_string()),
+            route = ctx.route_name(),
+            client = %key,
             why,
             "rate limited"
         );
@@ -115,7 +110,8 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Identifies the client and applies the rate limit; `Ok(true)` = answered (429).
+    /// Finds the route, identifies the client and applies the route's or the global quota;
+    /// `Ok(true)` = answered (404, 429).
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.inflight = Some(InflightGuard::new(&self.metrics.inflight));
         panic_guard::injected(session.req_header(), "request_filter");
@@ -125,32 +121,46 @@ impl Gateway {
             .map(|a| a.ip());
         ctx.peer = peer;
 
-        let live = &ctx.live;
+        let live = ctx.live.clone();
         let rl = &live.settings.rate_limit;
         ctx.peer_trusted =
             !rl.trusted_proxies.is_empty() && peer.is_some_and(|p| in_any(&rl.trusted_proxies, p));
-        let Some(limiter) = &live.limiter else {
-            ctx.client = peer;
+        ctx.client = match peer {
+            Some(peer) if ctx.peer_trusted => {
+                let forwarded =
+                    proxy_headers::joined_values(session.req_header(), &X_FORWARDED_FOR.key);
+                Some(client_ip(peer, forwarded.as_deref(), &rl.trusted_proxies))
+            }
+            other => other,
+        };
+
+        let req = session.req_header();
+        let mut host_buf = host_buffer();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+            .and_then(|raw| host_key(raw, &mut host_buf));
+        ctx.route = live.router.find(host, req.uri.path(), &req.method);
+        if ctx.route.is_none() {
+            tracing::debug!(request_id = ctx.request_id(), host = ?host, path = req.uri.path(), "no route");
+            write_error(session, ctx, 404, "no route", false).await?;
+            return Ok(true);
+        }
+
+        let (Some(quota), Some(client)) = (ctx.quota(), ctx.client) else {
             return Ok(false);
         };
-        let Some(peer) = peer else {
-            return Ok(false);
-        };
-        let forwarded = if rl.trusted_proxies.is_empty() {
-            None
-        } else {
-            headers::joined_values(session.req_header(), &X_FORWARDED_FOR.key)
-        };
-        let client = client_ip(peer, forwarded.as_deref(), &rl.trusted_proxies);
-        ctx.client = Some(client);
         if in_any(&rl.exempt, client) {
             return Ok(false);
         }
-        let key = ClientKey::from_ip(client);
-        let decision = limiter.check(key, ctx.start);
+        let key = quota.key_for(session.req_header(), client);
+        let decision = quota.limiter.check(key, ctx.start);
+        let limiter = quota.limiter.clone();
         ctx.rate = Some(decision);
         if !decision.allowed {
-            return self.reject(session, ctx, "request budget spent").await;
+            return self.reject(session, ctx, key, "request budget spent").await;
         }
         if rl.max_inflight_per_client > 0 {
             let (guard, count) = self.client_inflight.incr(key, 1);
@@ -165,34 +175,94 @@ impl Gateway {
                     ..decision
                 });
                 return self
-                    .reject(session, ctx, "too many concurrent requests")
+                    .reject(session, ctx, key, "too many concurrent requests")
                     .await;
             }
         }
         Ok(false)
     }
 
-    /// Picks a healthy backend this request has not tried yet and builds its peer.
-    fn pick_peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    /// Picks a healthy backend of the route's group that this request has not tried yet, and
+    /// builds its peer.
+    fn pick_peer(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
-        let Some((addr, info)) = self.next_backend(&ctx.tried) else {
+        ctx.attempt = None;
+        // Field by field: the group borrows `live` while `tried` and the rest change.
+        let live = &ctx.live;
+        let group = ctx
+            .route
+            .and_then(|i| live.router.route(i))
+            .and_then(|r| live.groups.get(r.group));
+        let Some(group) = group else {
+            return Error::e_explain(HTTPStatus(503), "no upstream group");
+        };
+        let mut ip_buf = [0u8; 16];
+        let key = match group.hash_key() {
+            None => &[][..],
+            Some(k) => balance_key(k, session.req_header(), ctx.client, &mut ip_buf),
+        };
+        let Some((addr, info)) = group.pick(&ctx.tried, key) else {
             return if ctx.tried.is_empty() {
                 Error::e_explain(HTTPStatus(503), "no healthy backend")
             } else {
                 Error::e_explain(HTTPStatus(502), "every backend tried failed")
             };
         };
+        if group.counts_inflight() {
+            ctx.attempt = info.clone().map(AttemptGuard::new);
+        }
         ctx.backend = info;
         ctx.tried.push(addr);
+        Ok(Box::new(group.peer(addr)))
+    }
+}
 
-        let up = &ctx.live.settings.upstream;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.total_connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.read_timeout);
-        peer.options.idle_timeout = Some(up.idle_timeout);
-        Ok(Box::new(peer))
+/// With the route's `strip_prefix`: the upstream request's path without the prefix (the
+/// original stays in the access log; the prefix goes in `X-Forwarded-Prefix`).
+fn strip_route_prefix(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let req = session.req_header();
+    let Some(path) = ctx
+        .route()
+        .and_then(|r| r.stripped_path(req.uri.path_and_query().map_or("/", |p| p.as_str())))
+    else {
+        return Ok(());
+    };
+    let uri = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .or_err(InvalidHTTPHeader, "path after strip_prefix")?;
+    ctx.original_path = Some(req.uri.path_and_query().map_or("/", |p| p.as_str()).into());
+    session.req_header_mut().set_uri(uri);
+    Ok(())
+}
+
+/// The bytes a `hash` group hashes for this request. A missing header hashes the client.
+fn balance_key<'a>(
+    key: &HashKey,
+    req: &'a RequestHeader,
+    client: Option<IpAddr>,
+    ip_buf: &'a mut [u8; 16],
+) -> &'a [u8] {
+    let ip = |buf: &'a mut [u8; 16]| -> &'a [u8] {
+        match client {
+            Some(IpAddr::V4(v4)) => {
+                buf[..4].copy_from_slice(&v4.octets());
+                &buf[..4]
+            }
+            Some(IpAddr::V6(v6)) => {
+                *buf = v6.octets();
+                &buf[..]
+            }
+            None => &[],
+        }
+    };
+    match key {
+        HashKey::ClientIp => ip(ip_buf),
+        HashKey::Path => req.uri.path().as_bytes(),
+        HashKey::Header(name) => match req.headers.get(name) {
+            Some(v) if !v.is_empty() => v.as_bytes(),
+            _ => ip(ip_buf),
+        },
     }
 }
 
@@ -218,13 +288,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        ctx.request_id = headers::request_id(session.req_header());
+        ctx.request_id = proxy_headers::request_id(session.req_header());
         let answered = panic_guard::catch(self.admit(session, ctx))
             .await
             .map_err(|m| panic_guard::panicked("request_filter", ctx.request_id(), &m))??;
         if !answered {
             // Once, on the downstream header: every attempt's upstream request is a copy of it.
-            headers::add_upstream_headers(session.req_header_mut(), ctx)?;
+            proxy_headers::add_upstream_headers(session.req_header_mut(), ctx)?;
+            strip_route_prefix(session, ctx)?;
         }
         Ok(answered)
     }
@@ -235,9 +306,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let req = session.req_header();
+        let session = &*session;
         panic_guard::catch(async {
             panic_guard::injected(req, "upstream_peer");
-            self.pick_peer(ctx)
+            self.pick_peer(session, ctx)
         })
         .await
         .map_err(|m| panic_guard::panicked("upstream_peer", ctx.request_id(), &m))?
@@ -292,7 +364,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let upstream = ctx.backend.as_ref().map(|b| &b.header_value);
-        headers::add_downstream_headers(upstream_response, ctx, upstream)
+        proxy_headers::add_downstream_headers(upstream_response, ctx, upstream)
     }
 
     fn fail_to_connect(
@@ -410,13 +482,14 @@ impl ProxyHttp for Gateway {
         let status_label = status.as_ref().map_or("499", |s| s.as_str());
         let answered_by: Option<&Arc<BackendInfo>> =
             ctx.backend.as_ref().filter(|_| ctx.upstream_time.is_some());
-        let backend_metrics = answered_by.map_or(self.metrics.no_backend(), |b| &b.metrics);
-        backend_metrics
-            .requests
-            .inc(&session.req_header().method, code, status_label);
-        backend_metrics.duration.observe(elapsed.as_secs_f64());
-        if let Some(t) = ctx.upstream_time {
-            backend_metrics.upstream_response.observe(t.as_secs_f64());
+        let route_metrics = ctx.route().map_or(&self.no_route, |r| &r.metrics);
+        let method = &session.req_header().method;
+        route_metrics.with_series(answered_by.map(|b| &b.label), |series| {
+            series.requests.inc(method, code, status_label);
+            series.duration.observe(elapsed.as_secs_f64());
+        });
+        if let (Some(b), Some(t)) = (answered_by, ctx.upstream_time) {
+            b.metrics.upstream_response.observe(t.as_secs_f64());
         }
         if ctx.live.settings.log.access_log {
             self.access_log.write(session, ctx, code, elapsed);

@@ -22,37 +22,56 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-/// The identity a budget belongs to: an IPv4 address, or an IPv6 /64 (one host owns a /64).
+/// The identity a budget belongs to: an IPv4 address, an IPv6 /64 (one host owns a /64), or a
+/// token such as an API key (kept as a 128-bit keyed hash, not as the secret itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientKey(IpAddr);
+pub enum ClientKey {
+    Ip(IpAddr),
+    Token(u128),
+}
 
 impl ClientKey {
     pub fn from_ip(ip: IpAddr) -> Self {
         match ip {
-            IpAddr::V4(v4) => ClientKey(IpAddr::V4(v4)),
+            IpAddr::V4(v4) => ClientKey::Ip(IpAddr::V4(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ClientKey(IpAddr::V4(v4)),
+                Some(v4) => ClientKey::Ip(IpAddr::V4(v4)),
                 None => {
                     let masked = u128::from(v6) & !((1u128 << 64) - 1);
-                    ClientKey(IpAddr::V6(masked.into()))
+                    ClientKey::Ip(IpAddr::V6(masked.into()))
                 }
             },
         }
     }
 
+    /// A token's key: two differently seeded 64-bit hashes of `value` under `seed`'s random
+    /// keys, so neither a collision nor the secret can be aimed at or read back.
+    pub fn from_token(value: &[u8], seed: &std::hash::RandomState) -> Self {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let half = |tag: u8| {
+            let mut h = seed.build_hasher();
+            tag.hash(&mut h);
+            value.hash(&mut h);
+            h.finish()
+        };
+        ClientKey::Token((u128::from(half(1)) << 64) | u128::from(half(2)))
+    }
+
     fn bits(&self) -> u128 {
-        match self.0 {
-            IpAddr::V4(v4) => u32::from(v4) as u128,
-            IpAddr::V6(v6) => u128::from(v6),
+        match self {
+            ClientKey::Ip(IpAddr::V4(v4)) => u32::from(*v4) as u128,
+            ClientKey::Ip(IpAddr::V6(v6)) => u128::from(*v6),
+            ClientKey::Token(t) => *t,
         }
     }
 }
 
 impl std::fmt::Display for ClientKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        match self {
+            ClientKey::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            ClientKey::Ip(IpAddr::V6(v6)) => write!(f, "{v6}/64"),
+            ClientKey::Token(t) => write!(f, "token:{:08x}", (t >> 96) as u32),
         }
     }
 }

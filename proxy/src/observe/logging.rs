@@ -11,8 +11,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, Layer};
 
-use crate::access_log::AccessLog;
 use crate::config::LogSettings;
+use crate::observe::access_log::AccessLog;
 
 /// Keeps the background writers alive; dropping it flushes them.
 pub struct LogGuards(#[allow(dead_code)] Vec<WorkerGuard>);

@@ -1,0 +1,122 @@
+//! Configuration in two layers: serde structs that mirror the TOML file (defaults, unknown keys
+//! rejected), validated once into runtime types ([`Settings`]) that the rest of the proxy uses.
+//!
+//! Every error names the file, the line and column where they can be found, and the key.
+
+pub mod locate;
+
+use std::path::Path;
+
+use crate::config::file::FileConfig;
+use crate::config::locate::{key_at, line_col, span_of};
+use crate::config::validate::{invalid, validate, Invalid};
+
+pub mod file;
+pub mod runtime;
+pub mod validate;
+
+pub use runtime::*;
+
+/// Why a config file was rejected. `Display` is the one line an operator reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        /// `key: ` prefix, empty when TOML itself is malformed.
+        key: String,
+        message: String,
+    },
+}
+
+/// Reads, parses and validates `path`. Runs at start-up and on reload, never inside a request.
+pub fn load_config(path: &Path) -> Result<Settings, ConfigError> {
+    parse_config(&read_config(path)?, &path.display().to_string())
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Parses and validates config text; `origin` names the file in errors.
+pub fn parse_config(text: &str, origin: &str) -> Result<Settings, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let (line, column) = line_col(text, span.start);
+        let key = key_at(text, span.start)
+            .map(|k| format!("{k}: "))
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            path: origin.to_owned(),
+            line,
+            column,
+            key,
+            message: e.message().trim().replace('\n', "; "),
+        }
+    })?;
+    validate(file).map_err(|e| located(text, origin, e))
+}
+
+/// [`load_config`], then what only the running system can tell, as `nginx -t` does: that
+/// `log.file` can be opened for append (its directory is created when missing). For `-t` and
+/// start-up, not for reload (`log.file` is not reloaded, and a reload must not touch files).
+// Called from main.rs once it is wired there (in place of `load_config`).
+pub fn load_and_check_config(path: &Path) -> Result<Settings, ConfigError> {
+    let text = read_config(path)?;
+    let origin = path.display().to_string();
+    let settings = parse_config(&text, &origin)?;
+    if let Some(file) = &settings.log.file {
+        open_log_file(file).map_err(|why| {
+            let message = format!("\"{}\": {why}", file.display());
+            located(&text, &origin, invalid("log.file", message))
+        })?;
+    }
+    Ok(settings)
+}
+
+/// Whether `path` can be the log file: creates its directory when missing and opens it for
+/// append (nothing is written). The error reads "log.file PATH: why".
+#[cfg(test)]
+pub fn check_log_file(path: &Path) -> Result<(), String> {
+    open_log_file(path).map_err(|why| format!("log.file {}: {why}", path.display()))
+}
+
+fn open_log_file(path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create its directory {}: {e}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot open it for append: {e}"))
+}
+
+/// A validation failure placed at its key's line and column in `text`.
+fn located(text: &str, origin: &str, (key, message): Invalid) -> ConfigError {
+    let (line, column) = span_of(text, &key)
+        .map(|span| line_col(text, span.start))
+        .unwrap_or((1, 1));
+    ConfigError::Invalid {
+        path: origin.to_owned(),
+        line,
+        column,
+        key: format!("{key}: "),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! The runtime layer: validated settings the rest of the proxy uses.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+
+use crate::gateway::header_case::Name;
+
+/// The validated configuration the proxy runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub server: ServerSettings,
+    /// `[upstream]`: the group `default` (its backends may be empty when routes cover the
+    /// traffic) and what every group shares.
+    pub upstream: UpstreamSettings,
+    /// Every group that has backends, `default` first when it has any, then by name.
+    pub groups: Vec<Arc<GroupSettings>>,
+    /// In file order. Empty: everything goes to the group `default`.
+    pub routes: Vec<RouteSettings>,
+    pub rate_limit: RateLimitSettings,
+    pub headers: HeaderSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub work_stealing: bool,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+    /// `None`: keep-alive off.
+    pub keepalive_timeout: Option<Duration>,
+    pub keepalive_requests: NonZeroU32,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: NonZeroUsize,
+    /// 0 = no cap.
+    pub max_connections_per_client: usize,
+    pub drain_delay: Duration,
+}
+
+/// One configured backend: a host (IP literal or DNS name) and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub host: String,
+    pub port: u16,
+    /// Share of the group's traffic relative to the others (1 by default).
+    pub weight: u32,
+}
+
+impl BackendAddr {
+    /// The spelling used in logs, metrics labels and `X-Upstream`.
+    pub fn label(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[upstream]` as a whole: the group `default` and the pool every group shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSettings {
+    pub default_group: Arc<GroupSettings>,
+    pub keepalive_pool_size: usize,
+}
+
+/// The name of the group `[upstream]` defines.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// One upstream group: its backends and how they are chosen, probed and talked to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSettings {
+    pub name: Arc<str>,
+    /// The dotted key it was configured under (`upstream`, `upstreams.api`), for messages.
+    pub key: String,
+    pub backends: Vec<BackendAddr>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_retries: usize,
+    pub health_check: HealthCheckSettings,
+}
+
+/// How a group picks a backend for each attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Smooth weighted round robin over the healthy backends (nginx).
+    RoundRobin,
+    /// Power of two random choices on in-flight requests (Envoy).
+    LeastRequests,
+    /// Consistent hashing (Ketama) on the key.
+    Hash(HashKey),
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// A request header's value; requests without it hash on the client IP.
+    Header(HeaderName),
+    Path,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSettings {
+    pub name: Arc<str>,
+    pub host: HostMatch,
+    pub path_prefix: String,
+    /// `None`: any method.
+    pub methods: Option<Vec<Method>>,
+    pub upstream: Arc<str>,
+    pub strip_prefix: bool,
+    pub rate_limit: Option<QuotaSettings>,
+    pub request_headers: Vec<ConfiguredHeader>,
+    pub response_headers: Vec<ConfiguredHeader>,
+}
+
+/// Which `Host` a route takes (lower case, without a port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; matches any name ending in it.
+    Suffix(String),
+}
+
+/// A route's own rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaSettings {
+    pub requests: NonZeroU32,
+    pub window: Duration,
+    pub key: QuotaKey,
+}
+
+/// Whose budget a request spends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaKey {
+    ClientIp,
+    /// A request header's value (an API key); requests without it spend their client IP's.
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSettings {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub requests: NonZeroU32,
+    pub window: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub exempt: Vec<IpNet>,
+    pub max_clients: NonZeroUsize,
+    /// 0 = no cap.
+    pub max_inflight_per_client: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HeaderSettings {
+    pub request: Vec<ConfiguredHeader>,
+    pub response: Vec<ConfiguredHeader>,
+    pub preserve_case: bool,
+}
+
+/// A header from `[headers.*]`: the name (spelled as written when case is kept), and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfiguredHeader {
+    pub name: Name,
+    pub value: HeaderValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    pub level: String,
+    pub file: Option<PathBuf>,
+    pub access_log: bool,
+}

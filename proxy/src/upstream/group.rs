@@ -1,0 +1,231 @@
+//! One upstream group at run time.
+//!
+//! [`GroupCore`] is what must survive a reload for health state and pooled connections to
+//! survive: the discovery list, Pingora's balancer with its health check, and the loop that runs
+//! them. [`Group`] is what a config snapshot sees: a core, the group's settings (timeouts,
+//! retries) and its selection policy, all of which a reload may change around the same core.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+use pingora::prelude::HttpPeer;
+use tokio::sync::watch;
+
+use crate::config::{Balance, GroupSettings, HashKey, HealthCheckSettings};
+use crate::observe::metrics::Metrics;
+use crate::upstream::consistent_hash::ConsistentHash;
+use crate::upstream::discovery::{ConfiguredBackends, Resolve};
+use crate::upstream::health::build_balancer;
+use crate::upstream::least_requests::LeastRequests;
+use crate::upstream::round_robin::{Pick, SmoothRoundRobin};
+use crate::upstream::service::UpstreamService;
+
+/// The long-lived part of a group: backends, health, and the loop that keeps them current.
+pub struct GroupCore {
+    pub name: Arc<str>,
+    pub backends: Arc<ConfiguredBackends>,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    /// The health check the balancer was built with (it cannot be changed in place).
+    pub health: HealthCheckSettings,
+    pub service: UpstreamService,
+    retired: watch::Sender<bool>,
+}
+
+impl GroupCore {
+    pub fn new(
+        settings: &GroupSettings,
+        metrics: Arc<Metrics>,
+        resolver: Box<dyn Resolve>,
+    ) -> Arc<Self> {
+        let backends = ConfiguredBackends::new(
+            settings.name.clone(),
+            settings.backends.clone(),
+            metrics,
+            resolver,
+        );
+        let lb = Arc::new(build_balancer(backends.clone(), &settings.health_check));
+        Arc::new(Self {
+            name: settings.name.clone(),
+            service: UpstreamService::new(lb.clone(), &settings.health_check),
+            backends,
+            lb,
+            health: settings.health_check.clone(),
+            retired: watch::channel(false).0,
+        })
+    }
+
+    /// Whether this core can carry `settings` after a reload: the same group with the same
+    /// health check (its backend list is swapped in place).
+    pub fn can_carry(&self, settings: &GroupSettings) -> bool {
+        *self.name == *settings.name && self.health == settings.health_check
+    }
+
+    /// Stops the group's discovery and health checks and drops its backends' series. Requests
+    /// still running with an older snapshot keep using its last backend set.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+        self.backends.retire();
+    }
+
+    /// Resolves once [`retire`](Self::retire) was called.
+    pub fn retired(&self) -> watch::Receiver<bool> {
+        self.retired.subscribe()
+    }
+
+    /// Backends (addresses) that are enabled and pass their health check, and all of them.
+    pub fn health_counts(&self) -> (usize, usize) {
+        let backends = self.lb.backends();
+        let set = backends.get_backend();
+        (set.iter().filter(|b| backends.ready(b)).count(), set.len())
+    }
+}
+
+/// How a group chooses a backend, with the state that takes.
+pub enum Selector {
+    RoundRobin(SmoothRoundRobin),
+    LeastRequests(LeastRequests),
+    Hash(ConsistentHash, HashKey),
+}
+
+impl Selector {
+    pub fn new(balance: &Balance) -> Self {
+        match balance {
+            Balance::RoundRobin => Selector::RoundRobin(SmoothRoundRobin::default()),
+            Balance::LeastRequests => Selector::LeastRequests(LeastRequests::default()),
+            Balance::Hash(key) => Selector::Hash(ConsistentHash::default(), key.clone()),
+        }
+    }
+
+    fn same_policy(&self, balance: &Balance) -> bool {
+        match (self, balance) {
+            (Selector::RoundRobin(_), Balance::RoundRobin) => true,
+            (Selector::LeastRequests(_), Balance::LeastRequests) => true,
+            (Selector::Hash(_, k), Balance::Hash(b)) => k == b,
+            _ => false,
+        }
+    }
+}
+
+/// A group as one config snapshot sees it.
+pub struct Group {
+    pub core: Arc<GroupCore>,
+    pub settings: Arc<GroupSettings>,
+    pub selector: Arc<Selector>,
+}
+
+impl Group {
+    /// The group for `settings` on `core`, keeping `previous`'s selection state (round-robin
+    /// position, hash ring) when the policy did not change.
+    pub fn new(
+        core: Arc<GroupCore>,
+        settings: Arc<GroupSettings>,
+        previous: Option<&Group>,
+    ) -> Self {
+        let selector = previous
+            .filter(|p| Arc::ptr_eq(&p.core, &core) && p.selector.same_policy(&settings.balance))
+            .map(|p| p.selector.clone())
+            .unwrap_or_else(|| Arc::new(Selector::new(&settings.balance)));
+        Self {
+            core,
+            settings,
+            selector,
+        }
+    }
+
+    /// Whether attempts must be counted per backend (only `least_requests` reads the count).
+    pub fn counts_inflight(&self) -> bool {
+        matches!(*self.selector, Selector::LeastRequests(_))
+    }
+
+    /// The hash key this group needs, if it hashes.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match &*self.selector {
+            Selector::Hash(_, key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// A healthy backend not in `tried`, by the group's policy; `key` is the hash key's bytes
+    /// (only read by `hash` groups).
+    pub fn pick(&self, tried: &[SocketAddr], key: &[u8]) -> Option<Pick> {
+        let backends = self.core.lb.backends();
+        let members = backends.get_backend();
+        let ready = |b: &pingora::lb::Backend| backends.ready(b);
+        match &*self.selector {
+            Selector::RoundRobin(rr) => rr.pick(&members, ready, tried),
+            Selector::LeastRequests(lr) => lr.pick(&members, ready, tried),
+            Selector::Hash(ring, _) => ring.pick(&members, ready, tried, key),
+        }
+    }
+
+    /// Whether another attempt could go to a healthy backend `tried` does not hold.
+    pub fn untried_left(&self, tried: &[SocketAddr]) -> bool {
+        let backends = self.core.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .any(|b| backends.ready(b) && b.addr.as_inet().is_some_and(|a| !tried.contains(a)))
+    }
+
+    /// The peer for one attempt at `addr`, with the group's timeouts.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let s = &self.settings;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(s.connect_timeout);
+        peer.options.total_connection_timeout = Some(s.connect_timeout);
+        peer.options.read_timeout = Some(s.read_timeout);
+        peer.options.write_timeout = Some(s.read_timeout);
+        peer.options.idle_timeout = Some(s.idle_timeout);
+        peer
+    }
+}
+
+/// The cores a new snapshot runs its groups on.
+pub struct CorePlan {
+    /// One per group of the new settings, in order.
+    pub cores: Vec<Arc<GroupCore>>,
+    /// Cores that did not exist before: their loops must be started.
+    pub started: Vec<Arc<GroupCore>>,
+    /// Cores of the previous snapshot that no group uses any more.
+    pub retired: Vec<Arc<GroupCore>>,
+}
+
+/// Keeps each of `previous`'s cores that can carry its group's new settings (a changed backend
+/// list is swapped in; discovery takes it up within a second), builds the others.
+pub fn plan_cores(
+    groups: &[Arc<GroupSettings>],
+    previous: &[Group],
+    metrics: &Arc<Metrics>,
+    resolver: impl Fn() -> Box<dyn Resolve>,
+) -> CorePlan {
+    let mut started = Vec::new();
+    let cores: Vec<Arc<GroupCore>> = groups
+        .iter()
+        .map(|s| match previous.iter().find(|g| g.core.can_carry(s)) {
+            Some(g) => {
+                if *g.core.backends.list() != s.backends {
+                    g.core.backends.replace(s.backends.clone());
+                }
+                g.core.clone()
+            }
+            None => {
+                let core = GroupCore::new(s, metrics.clone(), resolver());
+                started.push(core.clone());
+                core
+            }
+        })
+        .collect();
+    let retired = previous
+        .iter()
+        .map(|g| &g.core)
+        .filter(|c| !cores.iter().any(|k| Arc::ptr_eq(k, c)))
+        .cloned()
+        .collect();
+    CorePlan {
+        cores,
+        started,
+        retired,
+    }
+}
