@@ -5,7 +5,9 @@ use proxy::observe::logging;
 use proxy::ops::{admin, signals, startup};
 use proxy::{app, cli, config};
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use clap::Parser;
 

@@ -477,3 +477,206 @@ fn cidrs_and_plain_addresses_accepted() {
     .unwrap();
     assert_eq!(s.rate_limit.trusted_proxies.len(), 2);
 }
+
+const GROUPS: &str = r#"
+[upstream]
+backends = ["127.0.0.1:9001"]
+connect_timeout_ms = 700
+max_retries = 3
+[upstream.health_check]
+interval_ms = 2000
+
+[upstreams.api]
+backends = ["127.0.0.1:9002", { address = "backend3:9000", weight = 3 }]
+balance = "hash"
+hash_key = "header:X-User"
+read_timeout_ms = 100
+[upstreams.api.health_check]
+path = "/ping"
+
+[[routes]]
+name = "api"
+host = "API.example.com"
+path_prefix = "/api/"
+methods = ["get", "POST"]
+upstream = "api"
+strip_prefix = true
+rate_limit = { requests = 10, window_seconds = 2, key = "header:X-Api-Key" }
+headers = { request = { "X-Route" = "api" }, response = { "X-Served-By" = "api" } }
+
+[[routes]]
+name = "rest"
+host = "*.example.com"
+upstream = "default"
+"#;
+
+#[test]
+fn groups_inherit_from_upstream_and_routes_compile() {
+    let s = parse_config(GROUPS, "t.toml").unwrap();
+    let names: Vec<&str> = s.groups.iter().map(|g| &*g.name).collect();
+    assert_eq!(names, ["default", "api"]);
+    let api = &s.groups[1];
+    assert_eq!(api.backends[1].weight, 3);
+    assert_eq!(api.backends[0].weight, 1);
+    assert_eq!(
+        api.balance,
+        Balance::Hash(HashKey::Header(http::HeaderName::from_static("x-user")))
+    );
+    // Left out: [upstream]'s; given: its own.
+    assert_eq!(api.connect_timeout, Duration::from_millis(700));
+    assert_eq!(api.max_retries, 3);
+    assert_eq!(api.read_timeout, Duration::from_millis(100));
+    assert_eq!(api.health_check.path, "/ping");
+    assert_eq!(api.health_check.interval, Duration::from_millis(2000));
+    assert_eq!(s.groups[0].balance, Balance::RoundRobin);
+
+    let route = &s.routes[0];
+    assert_eq!(route.host, HostMatch::Exact("api.example.com".into()));
+    assert_eq!(
+        route.methods.as_ref().unwrap(),
+        &[http::Method::GET, http::Method::POST]
+    );
+    assert!(route.strip_prefix);
+    let quota = route.rate_limit.as_ref().unwrap();
+    assert_eq!(
+        (quota.requests.get(), quota.window),
+        (10, Duration::from_secs(2))
+    );
+    assert_eq!(
+        quota.key,
+        QuotaKey::Header(http::HeaderName::from_static("x-api-key"))
+    );
+    assert_eq!(s.routes[1].host, HostMatch::Suffix(".example.com".into()));
+    assert_eq!(s.routes[1].path_prefix, "/");
+}
+
+#[test]
+fn upstream_backends_may_be_left_out_when_routes_cover_the_traffic() {
+    let text = "[upstreams.a]\nbackends = [\"127.0.0.1:9002\"]\n[[routes]]\nname = \"a\"\nupstream = \"a\"\n";
+    let s = parse_config(text, "t.toml").unwrap();
+    assert_eq!(s.groups.len(), 1);
+    // Without routes, [upstream] must have backends.
+    let e = err("[upstreams.a]\nbackends = [\"127.0.0.1:9002\"]\n");
+    assert!(e.contains("upstream.backends: at least one backend"), "{e}");
+    // A route cannot send to an empty default group.
+    let e = err("[upstreams.a]\nbackends = [\"127.0.0.1:9002\"]\n[[routes]]\nname = \"a\"\nupstream = \"default\"\n");
+    assert!(
+        e.contains("t.toml:5:12: routes[0].upstream: the group \"default\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_references_name_file_line_and_key() {
+    let unknown = format!("{MINIMAL}[[routes]]\nname = \"a\"\nupstream = \"nope\"\n");
+    let e = err(&unknown);
+    assert!(
+        e.starts_with("test.toml:5:12: routes[0].upstream: no group \"nope\""),
+        "{e}"
+    );
+
+    let twice = format!(
+        "{MINIMAL}[[routes]]\nname = \"a\"\nupstream = \"default\"\n[[routes]]\nname = \"a\"\nupstream = \"default\"\n"
+    );
+    let e = err(&twice);
+    assert!(
+        e.starts_with("test.toml:7:8: routes[1].name: \"a\" names two routes"),
+        "{e}"
+    );
+
+    let default_twice = format!("{MINIMAL}[upstreams.default]\nbackends = [\"127.0.0.1:9\"]\n");
+    let e = err(&default_twice);
+    assert!(
+        e.contains("upstreams.default: the group \"default\" is [upstream]"),
+        "{e}"
+    );
+
+    // TOML itself refuses a group defined twice.
+    let group_twice = format!(
+        "{MINIMAL}[upstreams.a]\nbackends = [\"127.0.0.1:9\"]\n[upstreams.a]\nbackends = [\"127.0.0.1:8\"]\n"
+    );
+    let e = err(&group_twice);
+    assert!(e.starts_with("test.toml:5:"), "{e}");
+    assert!(e.contains("upstreams") || e.contains("duplicate"), "{e}");
+
+    let unknown_key =
+        format!("{MINIMAL}[[routes]]\nname = \"a\"\nupstream = \"default\"\npath = \"/x\"\n");
+    let e = err(&unknown_key);
+    assert!(e.contains("unknown field `path`"), "{e}");
+    assert!(e.starts_with("test.toml:6:"), "{e}");
+}
+
+#[test]
+fn route_and_group_values_are_checked() {
+    let route =
+        |body: &str| format!("{MINIMAL}[[routes]]\nname = \"r\"\nupstream = \"default\"\n{body}");
+    for (body, expected) in [
+        (
+            "path_prefix = \"api\"\n",
+            "routes[0].path_prefix: \"api\" is not a path prefix",
+        ),
+        (
+            "host = \"bad host\"\n",
+            "routes[0].host: \"bad host\" is not a host name",
+        ),
+        ("methods = []\n", "routes[0].methods: lists no method"),
+        (
+            "methods = [\"G T\"]\n",
+            "routes[0].methods: \"G T\" is not a method",
+        ),
+        (
+            "rate_limit = { requests = 0, window_seconds = 1 }\n",
+            "routes[0].rate_limit.requests: must be at least 1",
+        ),
+        (
+            "rate_limit = { requests = 1, window_seconds = 1, key = \"cookie:x\" }\n",
+            "routes[0].rate_limit.key: \"cookie:x\" is not client_ip or header:NAME",
+        ),
+        (
+            "headers = { request = { \"Host\" = \"x\" } }\n",
+            "routes[0].headers.request: \"Host\" cannot be set here",
+        ),
+    ] {
+        let e = err(&route(body));
+        assert!(e.contains(expected), "{body}: {e}");
+    }
+    let group =
+        |body: &str| format!("{MINIMAL}[upstreams.g]\nbackends = [\"127.0.0.1:9\"]\n{body}");
+    for (body, expected) in [
+        (
+            "balance = \"random\"\n",
+            "upstreams.g.balance: \"random\" is not round_robin",
+        ),
+        (
+            "hash_key = \"path\"\n",
+            "upstreams.g.hash_key: only used with balance = \"hash\"",
+        ),
+        (
+            "balance = \"hash\"\nhash_key = \"cookie\"\n",
+            "upstreams.g.hash_key: \"cookie\" is not client_ip, path or header:NAME",
+        ),
+        (
+            "max_retries = 16\n",
+            "upstreams.g.max_retries: must be between 0 and 15",
+        ),
+        (
+            "read_timeout_ms = 0\n",
+            "upstreams.g.read_timeout_ms: must be greater than 0",
+        ),
+        (
+            "[upstreams.g.health_check]\npath = \"x\"\n",
+            "upstreams.g.health_check.path",
+        ),
+    ] {
+        let e = err(&group(body));
+        assert!(e.contains(expected), "{body}: {e}");
+    }
+    let weight = format!(
+        "{MINIMAL}[upstreams.g]\nbackends = [{{ address = \"127.0.0.1:9\", weight = 0 }}]\n"
+    );
+    assert!(
+        err(&weight).contains("upstreams.g.backends: \"127.0.0.1:9\": weight must be between 1")
+    );
+    let bad_name = format!("{MINIMAL}[upstreams.\"a b\"]\nbackends = [\"127.0.0.1:9\"]\n");
+    assert!(err(&bad_name).contains("is not a group name"));
+}

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -106,7 +108,7 @@ impl ConnectionTable {
         }
         let client = client.filter(|_| max_per_client > 0);
         if let Some(key) = client {
-            let mut map = lock(&self.per_client);
+            let mut map = self.per_client.lock();
             let count = map.entry(key).or_insert(0);
             if *count >= max_per_client {
                 drop(map);
@@ -130,7 +132,7 @@ impl ConnectionTable {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(key) = self.client {
-            let mut map = lock(&self.table.per_client);
+            let mut map = self.table.per_client.lock();
             if let Some(count) = map.get_mut(&key) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
@@ -140,11 +142,6 @@ impl Drop for Slot {
         }
         self.table.total.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A plain counter map: nothing is left half-updated by a panic elsewhere.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Handed to each request as its connection context: the gateway marks the request header as
@@ -356,7 +353,7 @@ mod tests {
         assert_eq!(table.open(), 2);
         assert!(table.admit(key("127.0.0.2"), 10, 3).is_ok());
         drop((b, c));
-        assert_eq!(lock(&table.per_client).len(), 0, "no entries left behind");
+        assert_eq!(table.per_client.lock().len(), 0, "no entries left behind");
     }
 
     #[test]

@@ -17,10 +17,10 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
+use parking_lot::Mutex;
 
 /// The identity a budget belongs to: an IPv4 address, an IPv6 /64 (one host owns a /64), or a
 /// token such as an API key (kept as a 128-bit keyed hash, not as the secret itself).
@@ -161,7 +161,7 @@ impl RateLimiter {
     /// Gives back the unit `check` just counted for `key`, for a request refused afterwards for
     /// another reason (the concurrency cap): refused requests use no budget.
     pub fn refund(&self, key: ClientKey) {
-        let mut map = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.shard(&key).lock();
         if let Some(w) = map.peek_mut(&key) {
             w.curr = w.curr.saturating_sub(1);
         }
@@ -169,10 +169,7 @@ impl RateLimiter {
 
     /// Clients currently tracked (each costs about 100 bytes).
     pub fn tracked_clients(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
-            .sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     fn shard(&self, key: &ClientKey) -> &Mutex<LruCache<ClientKey, Window>> {
@@ -185,9 +182,7 @@ impl RateLimiter {
     /// The check with time injected, so window arithmetic is tested without sleeping.
     fn check_at(&self, key: ClientKey, now_ms: u64) -> Decision {
         let shard = self.shard(&key);
-        // A poisoned lock only means another request panicked mid-update; the counters are
-        // still plain integers, so keep using them.
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = shard.lock();
         let fresh = Window {
             start_ms: now_ms,
             prev: 0,

@@ -6,7 +6,9 @@
 //! `log.access_log` is off.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use pingora::proxy::Session;
@@ -121,8 +123,7 @@ impl AccessLog {
 
 impl Batch {
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        // Poisoned only by a panic between two plain byte copies: the bytes are still lines.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.pending.lock()
     }
 
     fn push(&self, line: &[u8]) {
@@ -166,28 +167,9 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-/// RFC 3339 UTC time with milliseconds, without pulling in a date crate.
+/// RFC 3339 UTC time with milliseconds (`2026-11-26T04:55:32.123Z`).
 fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        now.subsec_millis()
-    )
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]
@@ -200,7 +182,7 @@ mod tests {
 
     impl Write for Capture {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -240,7 +222,7 @@ mod tests {
         log.flush();
         assert!(log.batch.lock().is_empty());
         drop(guard);
-        assert_eq!(*capture.0.lock().unwrap(), lines);
+        assert_eq!(*capture.0.lock(), lines);
     }
 
     #[test]
@@ -255,7 +237,7 @@ mod tests {
         }
         assert!(log.batch.lock().is_empty(), "a full batch stayed pending");
         drop(guard);
-        assert_eq!(*capture.0.lock().unwrap(), pushed);
+        assert_eq!(*capture.0.lock(), pushed);
     }
 
     #[test]
@@ -264,7 +246,7 @@ mod tests {
         log.batch.push(&line(7));
         drop(log);
         drop(guard);
-        assert_eq!(*capture.0.lock().unwrap(), line(7));
+        assert_eq!(*capture.0.lock(), line(7));
     }
 
     #[test]

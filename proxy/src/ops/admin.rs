@@ -11,7 +11,9 @@
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -189,7 +191,7 @@ impl AdminServer {
 #[async_trait]
 impl BackgroundService for AdminServer {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let taken = self.listener.lock().ok().and_then(|mut l| l.take());
+        let taken = self.listener.lock().take();
         let Some(listener) = taken else { return };
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,

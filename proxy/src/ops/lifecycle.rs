@@ -7,7 +7,9 @@
 //! process early once the gateway is idle.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -61,7 +63,8 @@ impl BackgroundService for DrainWatcher {
                         "drained; exiting"
                     );
                     self.access_log.flush();
-                    if let Ok(mut guards) = self.log_guards.lock() {
+                    {
+                        let mut guards = self.log_guards.lock();
                         guards.take(); // flushes the log writers
                     }
                     std::process::exit(0);
