@@ -1,4 +1,7 @@
 //! Request routing for the mock backend: one handler matched on the path.
+//!
+//! `/health`, `/stats` and the `/_mock/*` control routes are never faulted; every other request
+//! first draws against the fault in force (see `fault`), and a hit is answered by [`faulted`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -7,26 +10,60 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::fault::{Fault, FaultSwitch};
 
 /// Largest `/bytes/{n}` body we build, so a typo cannot exhaust memory.
 const MAX_BYTES: usize = 64 * 1024 * 1024;
-/// Longest `/delay/{ms}` we honour.
-const MAX_DELAY_MS: u64 = 600_000;
+/// Longest `/delay/{ms}` we honour; also the cap on a fault's `delay_ms`.
+pub const MAX_DELAY_MS: u64 = 600_000;
+/// Largest `PUT /_mock/fault` body we read.
+const MAX_CONTROL_BODY: usize = 64 * 1024;
+/// Prefix of the control routes that set the backend's behaviour.
+const CONTROL_PREFIX: &str = "/_mock/";
+/// Marks a faulted answer (useful where there is no body, e.g. a 204).
+const FAULT_HEADER: HeaderName = HeaderName::from_static("x-mock-fault");
 /// Distinct paths counted one by one on `/stats`; beyond this they share [`OTHER_PATHS`], so a
 /// client walking endless paths cannot grow the map without bound.
 const MAX_PATHS: usize = 10_000;
 const OTHER_PATHS: &str = "(other)";
 
+/// What the server shares between connections: its counters and the fault in force.
+pub struct State {
+    stats: Stats,
+    fault: FaultSwitch,
+}
+
+impl State {
+    pub fn new(name: String, fault: Option<Fault>) -> Self {
+        Self {
+            stats: Stats::new(name),
+            fault: FaultSwitch::new(fault),
+        }
+    }
+
+    pub fn connection_accepted(&self) {
+        self.stats.connection_accepted();
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let mut snapshot = self.stats.snapshot();
+        snapshot["fault"] = fault_json(self.fault.get());
+        snapshot
+    }
+}
+
 /// Counters served on `/stats`, so tests can see connection reuse and count what they sent.
 ///
 /// Health probes arrive on their own schedule, so they are left out of `requests` and
 /// `traffic_connections` (they still show in `paths`); a test that counts what it sent is then
-/// never off by a probe that happened to land. Reads of `/stats` itself are counted nowhere:
-/// reading the counters does not move them.
+/// never off by a probe that happened to land. Reads of `/stats` itself and the `/_mock/*`
+/// control requests are counted nowhere: reading or steering the backend does not move its
+/// counters. Faulted requests are counted like any other, and in `faulted` too.
 pub struct Stats {
     name: String,
     /// Every TCP connection accepted, health probes' included.
@@ -36,6 +73,8 @@ pub struct Stats {
     /// Requests other than `/health` and `/stats`.
     requests: AtomicU64,
     in_flight: AtomicU64,
+    /// Requests answered by the fault instead of their route.
+    faulted: AtomicU64,
     /// Requests by path (without the query), `/health` included.
     paths: Mutex<HashMap<String, u64>>,
 }
@@ -70,6 +109,7 @@ impl Stats {
             traffic_connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            faulted: AtomicU64::new(0),
             paths: Mutex::new(HashMap::new()),
         }
     }
@@ -80,7 +120,7 @@ impl Stats {
 
     /// Counts one request for `path` arriving on `conn` (see [`Stats`] for what is left out).
     fn count(&self, path: &str, conn: &Connection) {
-        if path == "/stats" {
+        if path == "/stats" || is_control(path) {
             return;
         }
         {
@@ -122,27 +162,43 @@ impl Stats {
             "requests": self.requests.load(Ordering::Relaxed),
             // Includes the /stats request itself.
             "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "faulted": self.faulted.load(Ordering::Relaxed),
             "paths": paths,
         })
     }
 }
 
+/// `/_mock` and everything under it: the control routes.
+fn is_control(path: &str) -> bool {
+    path == "/_mock" || path.starts_with(CONTROL_PREFIX)
+}
+
 /// Answers one request. Never fails: bad parameters get a 400.
 pub async fn handle(
     req: Request<Incoming>,
-    stats: Arc<Stats>,
+    state: Arc<State>,
     conn: Arc<Connection>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let stats = &state.stats;
     let path = req.uri().path().to_owned();
     stats.count(&path, &conn);
     let _in_flight = InFlight::new(&stats.in_flight);
+    if is_control(&path) {
+        return Ok(control(&path, req, &state.fault).await);
+    }
+    if path != "/health" && path != "/stats" {
+        if let Some(fault) = state.fault.draw() {
+            stats.faulted.fetch_add(1, Ordering::Relaxed);
+            return Ok(faulted(fault, req, &stats.name).await);
+        }
+    }
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let first = segments.next().unwrap_or("");
     let arg = segments.next();
 
     let response = match (first, arg) {
         ("health", None) => text(StatusCode::OK, "ok\n"),
-        ("stats", None) => json(StatusCode::OK, stats.snapshot()),
+        ("stats", None) => json(StatusCode::OK, state.snapshot()),
         ("delay", Some(ms)) => match ms.parse::<u64>() {
             Ok(ms) if ms <= MAX_DELAY_MS => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -165,6 +221,76 @@ pub async fn handle(
         _ => echo(StatusCode::OK, req, &stats.name).await,
     };
     Ok(response)
+}
+
+/// The `/_mock/*` routes: `GET`, `PUT` and `DELETE /_mock/fault`. Each answers the fault in
+/// force afterwards (`null` for none).
+async fn control(path: &str, req: Request<Incoming>, fault: &FaultSwitch) -> Response<Full<Bytes>> {
+    if path != "/_mock/fault" {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": "unknown control route; there is /_mock/fault" }),
+        );
+    }
+    match *req.method() {
+        Method::GET => {}
+        Method::PUT => {
+            let body = match Limited::new(req.into_body(), MAX_CONTROL_BODY)
+                .collect()
+                .await
+            {
+                Ok(body) => body.to_bytes(),
+                Err(_) => return bad_request("body unreadable or over 64 KiB"),
+            };
+            match Fault::from_json(&body) {
+                Ok(new) => fault.set(Some(new)),
+                Err(message) => return bad_request(&message),
+            }
+        }
+        Method::DELETE => fault.set(None),
+        _ => {
+            let mut resp = json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({ "error": "use GET, PUT or DELETE" }),
+            );
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
+            return resp;
+        }
+    }
+    json(StatusCode::OK, fault_json(fault.get()))
+}
+
+fn fault_json(fault: Option<Fault>) -> serde_json::Value {
+    fault.map_or(serde_json::Value::Null, Fault::to_json)
+}
+
+/// A faulted answer: `status` after `delay_ms`, with `{"backend", "fault": true, "status"}` (no
+/// body for statuses that cannot have one). hyper cannot send a final 1xx: it answers those 500.
+async fn faulted(fault: Fault, req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
+    if fault.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+    }
+    // Drain the request body so the connection stays reusable.
+    let _ = req.into_body().collect().await;
+    // Validated to 100..=599 when the fault was set.
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = status;
+        resp
+    } else {
+        json(
+            status,
+            serde_json::json!({ "backend": name, "fault": true, "status": fault.status }),
+        )
+    };
+    resp.headers_mut()
+        .insert(FAULT_HEADER, HeaderValue::from_static("true"));
+    resp
 }
 
 /// The echo body: who answered, and what request it saw (headers lowercased).
@@ -256,6 +382,34 @@ mod tests {
             s["paths"],
             serde_json::json!({"/health": 2, "/x": 2, "/y": 1})
         );
+    }
+
+    #[test]
+    fn control_routes_are_counted_nowhere() {
+        let state = State::new("t".into(), None);
+        let conn = Connection::default();
+        state.stats.count("/_mock/fault", &conn);
+        state.stats.count("/_mock", &conn);
+        state.stats.count("/x", &conn);
+        state.stats.count("/_mockery", &conn);
+        let s = state.snapshot();
+        assert_eq!(s["requests"], 2);
+        assert_eq!(s["faulted"], 0);
+        assert_eq!(s["fault"], serde_json::Value::Null);
+        assert_eq!(s["paths"], serde_json::json!({"/x": 1, "/_mockery": 1}));
+        assert!(is_control("/_mock/anything") && !is_control("/_mockery"));
+    }
+
+    #[test]
+    fn snapshot_shows_the_fault_in_force() {
+        let fault = Fault::new(503, 0.5, 10).unwrap();
+        let state = State::new("t".into(), Some(fault));
+        assert_eq!(
+            state.snapshot()["fault"],
+            serde_json::json!({"status": 503, "rate": 0.5, "delay_ms": 10})
+        );
+        state.fault.set(None);
+        assert_eq!(state.snapshot()["fault"], serde_json::Value::Null);
     }
 
     #[test]

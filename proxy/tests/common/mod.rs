@@ -829,13 +829,31 @@ impl Conn {
         path: &str,
         headers: &[(&str, &str)],
     ) -> std::io::Result<Response> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: gateway.test\r\n");
+        self.send_body(method, path, headers, b"").await
+    }
+
+    /// A request with `body` after the header (the caller gives its `Content-Length`).
+    pub async fn send_body(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        // `Host: gateway.test` unless the caller names its own.
+        let own_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !own_host {
+            req.push_str("Host: gateway.test\r\n");
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
+        let mut wire = req.into_bytes();
+        wire.extend_from_slice(body);
         let io = async {
-            if let Err(e) = self.stream.get_mut().write_all(req.as_bytes()).await {
+            if let Err(e) = self.stream.get_mut().write_all(&wire).await {
                 return Err(not_answered(e.to_string()));
             }
             read_response(&mut self.stream, method == "HEAD").await
@@ -984,6 +1002,26 @@ impl Client {
         }
         result
     }
+}
+
+/// `PUT path` with a JSON body on a fresh connection (the mock backend's `/_mock/fault`).
+pub async fn put_json(to: SocketAddr, path: &str, json: &str) -> Response {
+    let len = json.len().to_string();
+    let mut conn = Conn::connect(to, None)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    conn.send_body(
+        "PUT",
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Length", &len),
+            ("Connection", "close"),
+        ],
+        json.as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("PUT {path} via {to}: {e}"))
 }
 
 /// One request on a fresh connection; `None` when it could not be made.

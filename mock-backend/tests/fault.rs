@@ -1,0 +1,408 @@
+//! Fault injection, end to end: the real `mock-backend` binary on a loopback port the OS picks,
+//! driven over plain HTTP/1.1 keep-alive connections.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bound on anything a test waits for (start-up, one response, an exit).
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `mock-backend`, killed when dropped.
+struct Backend {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Backend {
+    fn start(extra_args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-backend"))
+            .args(["--listen", "127.0.0.1:0", "--name", "fb"])
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mock-backend");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        // Reads stdout to its end (the child's exit), so the pipe never fills; the first
+        // "listening on" line carries the port the OS handed out, printed once bound.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some((_, addr)) = line.split_once(" listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.trim().to_owned());
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(TIMEOUT) {
+            Ok(addr) => addr.parse().expect("listen address"),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mock-backend did not report its address: {e}");
+            }
+        };
+        Self { child, addr }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body {:?} is not JSON: {e}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A minimal HTTP/1.1 client on one keep-alive connection; responses are framed by
+/// Content-Length (which is all `mock-backend` sends).
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, path: &str) -> Response {
+        self.request("GET", path, None)
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Response {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        if let Some(body) = body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body.unwrap_or(""));
+        self.stream.write_all(req.as_bytes()).expect("send");
+
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            self.fill();
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("UTF-8 head");
+        self.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let no_body = method == "HEAD" || status == 204 || status == 304;
+        let len = if no_body {
+            0
+        } else {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"))
+        };
+        while self.buf.len() < len {
+            self.fill();
+        }
+        let body = self.buf.drain(..len).collect();
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).expect("read response");
+        assert!(n > 0, "connection closed mid-response");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn put_fault(client: &mut Client, body: &str) -> Response {
+    client.request("PUT", "/_mock/fault", Some(body))
+}
+
+#[test]
+fn full_rate_faults_traffic_but_never_health_stats_or_control() {
+    let backend = Backend::start(&[]);
+    let mut c = backend.client();
+    assert_eq!(c.get("/x").status, 200, "no fault before one is set");
+    assert_eq!(c.get("/_mock/fault").json(), serde_json::Value::Null);
+
+    let put = put_fault(&mut c, r#"{"status": 500, "rate": 1.0}"#);
+    assert_eq!(put.status, 200);
+    assert_eq!(
+        put.json(),
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0})
+    );
+
+    for _ in 0..5 {
+        let r = c.get("/x");
+        assert_eq!(r.status, 500);
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"backend": "fb", "fault": true, "status": 500})
+        );
+        assert_eq!(r.header("x-mock-fault"), Some("true"));
+    }
+    let post = c.request("POST", "/delay/0", Some("{}"));
+    assert_eq!(
+        post.status, 500,
+        "every route but the control ones is faulted"
+    );
+
+    let health = c.get("/health");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body, b"ok\n");
+    assert_eq!(health.header("x-mock-fault"), None);
+    assert_eq!(
+        c.get("/_mock/fault").json(),
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0})
+    );
+
+    let stats = c.get("/stats");
+    assert_eq!(stats.status, 200);
+    let stats = stats.json();
+    assert_eq!(stats["faulted"], 6);
+    assert_eq!(
+        stats["requests"], 7,
+        "faulted requests count; control ones do not"
+    );
+    assert_eq!(
+        stats["paths"],
+        serde_json::json!({"/x": 6, "/delay/0": 1, "/health": 1})
+    );
+    assert_eq!(
+        stats["fault"],
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0})
+    );
+
+    let delete = c.request("DELETE", "/_mock/fault", None);
+    assert_eq!(delete.status, 200);
+    assert_eq!(delete.json(), serde_json::Value::Null);
+    let r = c.get("/x");
+    assert_eq!(r.status, 200, "DELETE restores normal answers");
+    assert_eq!(r.json()["path"], "/x");
+    assert_eq!(c.get("/status/418").status, 418);
+    assert_eq!(c.get("/_mock/fault").json(), serde_json::Value::Null);
+    let stats = c.get("/stats").json();
+    assert_eq!(stats["faulted"], 6);
+    assert_eq!(stats["fault"], serde_json::Value::Null);
+}
+
+#[test]
+fn status_200_with_delay_is_slow_but_healthy() {
+    let backend = Backend::start(&[]);
+    let mut c = backend.client();
+    let put = put_fault(&mut c, r#"{"status": 200, "delay_ms": 200}"#);
+    assert_eq!(put.status, 200);
+    assert_eq!(
+        put.json(),
+        serde_json::json!({"status": 200, "rate": 1.0, "delay_ms": 200})
+    );
+
+    let started = Instant::now();
+    let r = c.get("/x");
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["fault"], true);
+    assert!(
+        took >= Duration::from_millis(200),
+        "answered after {took:?}"
+    );
+    assert_eq!(c.get("/health").body, b"ok\n");
+}
+
+#[test]
+fn half_rate_faults_about_half() {
+    let backend = Backend::start(&[]);
+    let mut c = backend.client();
+    assert_eq!(
+        put_fault(&mut c, r#"{"status": 503, "rate": 0.5}"#).status,
+        200
+    );
+    let mut faulted = 0;
+    for _ in 0..400 {
+        match c.get("/x").status {
+            503 => faulted += 1,
+            200 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        (120..=280).contains(&faulted),
+        "{faulted} of 400 requests faulted at rate 0.5"
+    );
+    let stats = c.get("/stats").json();
+    assert_eq!(stats["faulted"], faulted);
+    assert_eq!(stats["requests"], 400);
+}
+
+#[test]
+fn zero_rate_and_bodyless_statuses() {
+    let backend = Backend::start(&[]);
+    let mut c = backend.client();
+    assert_eq!(put_fault(&mut c, r#"{"rate": 0}"#).status, 200);
+    assert!((0..50).all(|_| c.get("/x").status == 200));
+
+    // A 204 fault has no body, and the connection stays usable after it.
+    assert_eq!(put_fault(&mut c, r#"{"status": 204}"#).status, 200);
+    let r = c.get("/x");
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("x-mock-fault"), Some("true"));
+    assert_eq!(c.get("/x").status, 204);
+
+    // An empty body means all defaults.
+    let put = c.request("PUT", "/_mock/fault", Some(""));
+    assert_eq!(
+        put.json(),
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0})
+    );
+    assert_eq!(c.get("/y").status, 500);
+    assert_eq!(c.get("/stats").json()["faulted"], 3);
+}
+
+#[test]
+fn bad_input_is_refused_and_keeps_the_fault() {
+    let backend = Backend::start(&[]);
+    let mut c = backend.client();
+    let good = serde_json::json!({"status": 502, "rate": 1.0, "delay_ms": 0});
+    assert_eq!(put_fault(&mut c, r#"{"status": 502}"#).json(), good);
+    for body in [
+        "{",
+        "not json",
+        "[]",
+        r#"{"status": "500"}"#,
+        r#"{"status": 99}"#,
+        r#"{"status": 600}"#,
+        r#"{"rate": 1.5}"#,
+        r#"{"rate": -0.1}"#,
+        r#"{"delay_ms": 600001}"#,
+        r#"{"delay": 100}"#,
+    ] {
+        let r = put_fault(&mut c, body);
+        assert_eq!(r.status, 400, "{body} was accepted");
+        assert!(
+            r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}: no error message"
+        );
+    }
+    assert_eq!(
+        c.get("/_mock/fault").json(),
+        good,
+        "bad PUTs change nothing"
+    );
+    assert_eq!(c.get("/x").status, 502);
+
+    let post = c.request("POST", "/_mock/fault", Some("{}"));
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, PUT, DELETE"));
+    assert_eq!(c.get("/_mock/other").status, 404);
+    assert_eq!(c.get("/_mock/fault").json(), good);
+}
+
+#[test]
+fn fault_flags_start_a_faulty_backend() {
+    let backend = Backend::start(&["--fault-status", "503", "--fault-rate", "1"]);
+    let mut c = backend.client();
+    assert_eq!(
+        c.get("/_mock/fault").json(),
+        serde_json::json!({"status": 503, "rate": 1.0, "delay_ms": 0})
+    );
+    assert_eq!(c.get("/x").status, 503);
+    assert_eq!(c.get("/health").status, 200);
+    assert_eq!(c.request("DELETE", "/_mock/fault", None).status, 200);
+    assert_eq!(c.get("/x").status, 200);
+    drop(backend);
+
+    // One flag is enough; the others take their defaults.
+    let backend = Backend::start(&["--fault-delay-ms", "5"]);
+    assert_eq!(
+        backend.client().get("/_mock/fault").json(),
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 5})
+    );
+}
+
+#[test]
+fn bad_fault_flags_refuse_to_start() {
+    for args in [
+        ["--fault-rate", "1.5"],
+        ["--fault-status", "99"],
+        ["--fault-status", "600"],
+        ["--fault-delay-ms", "600001"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-backend"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mock-backend");
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mock-backend {args:?} did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(2), "{args:?}");
+    }
+}
