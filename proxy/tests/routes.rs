@@ -468,3 +468,73 @@ async fn reload_changes_routes_and_groups_under_load_without_a_failure() {
         "{rest:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_group_stops_its_health_checks_and_a_bad_reference_keeps_the_config() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let with_extra = format!(
+        "{}[[routes]]\nname = \"extra\"\npath_prefix = \"/extra/\"\nupstream = \"extra\"\n\
+         [[routes]]\nname = \"rest\"\nupstream = \"default\"\n",
+        group("extra", &[&b], "")
+    );
+    let proxy = Proxy::start(&[&a], &with_extra).await;
+    assert_eq!(answered_by(&get(proxy.addr, "/extra/x").await), "b");
+    let b_label = b.addr.to_string();
+    let probed = wait_until(Duration::from_secs(10), || async {
+        b.path_count("/health").await >= 2
+    })
+    .await;
+    assert!(probed, "the extra group is health checked");
+
+    // A route to a group that does not exist: rejected, named, and nothing changes.
+    proxy.rewrite_config("[[routes]]\nname = \"rest\"\nupstream = \"missing\"\n");
+    proxy.signal("HUP");
+    let rejected = wait_until(Duration::from_secs(10), || async {
+        proxy
+            .metrics()
+            .await
+            .sum("gateway_config_reloads_total", &[("result", "failure")])
+            == 1.0
+    })
+    .await;
+    assert!(rejected, "bad reload not counted:\n{}", proxy.log());
+    assert!(
+        proxy.log().contains("routes[0].upstream: no group") && proxy.log().contains("missing"),
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(
+        answered_by(&get(proxy.addr, "/extra/x").await),
+        "b",
+        "old config kept"
+    );
+
+    // Without the group: its series go, its checks stop.
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let mut config: toml::Table = text.parse().unwrap();
+    config.remove("upstreams");
+    std::fs::write(&proxy.config_path, toml::to_string(&config).unwrap()).unwrap();
+    proxy.rewrite_config("[[routes]]\nname = \"rest\"\nupstream = \"default\"\n");
+    proxy.signal("HUP");
+    let gone = wait_until(Duration::from_secs(10), || async {
+        let m = proxy.metrics().await;
+        m.sum("gateway_config_reloads_total", &[("result", "success")]) == 1.0
+            && m.series("gateway_backend_up")
+                .iter()
+                .all(|(l, _)| !l.contains(&("backend".to_owned(), b_label.clone())))
+    })
+    .await;
+    assert!(
+        gone,
+        "{:?}",
+        proxy.metrics().await.series("gateway_backend_up")
+    );
+    let stopped = wait_until(Duration::from_secs(10), || async {
+        proxy
+            .log()
+            .contains("upstream group removed; its health checks stopped")
+    })
+    .await;
+    assert!(stopped, "{}", proxy.log());
+    assert_eq!(answered_by(&get(proxy.addr, "/extra/x").await), "a");
+}
