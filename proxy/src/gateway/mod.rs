@@ -37,7 +37,7 @@ use downstream::ConnectionContext;
 use error_response::{classify, write_error};
 use live::LiveState;
 use proxy_headers::X_FORWARDED_FOR;
-use request_ctx::{AttemptGuard, InflightGuard, RequestCtx};
+use request_ctx::{quota_of, AttemptGuard, InflightGuard, RequestCtx};
 
 /// The gateway service: everything shared across requests.
 pub struct Gateway {
@@ -121,7 +121,9 @@ impl Gateway {
             .map(|a| a.ip());
         ctx.peer = peer;
 
-        let live = ctx.live.clone();
+        // Field by field (no clone of the snapshot): `live` stays borrowed while the request's
+        // other fields are filled in.
+        let live = &ctx.live;
         let rl = &live.settings.rate_limit;
         ctx.peer_trusted =
             !rl.trusted_proxies.is_empty() && peer.is_some_and(|p| in_any(&rl.trusted_proxies, p));
@@ -135,13 +137,18 @@ impl Gateway {
         };
 
         let req = session.req_header();
-        let mut host_buf = host_buffer();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .map(|h| h.as_bytes())
-            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-            .and_then(|raw| host_key(raw, &mut host_buf));
+        let mut host_buf;
+        // Only routes with a host need it: without any, no header lookup and no copy.
+        let host = if live.router.routes_by_host() {
+            host_buf = host_buffer();
+            req.headers
+                .get(http::header::HOST)
+                .map(|h| h.as_bytes())
+                .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+                .and_then(|raw| host_key(raw, &mut host_buf))
+        } else {
+            None
+        };
         ctx.route = live.router.find(host, req.uri.path(), &req.method);
         if ctx.route.is_none() {
             tracing::debug!(request_id = ctx.request_id(), host = ?host, path = req.uri.path(), "no route");
@@ -149,7 +156,7 @@ impl Gateway {
             return Ok(true);
         }
 
-        let (Some(quota), Some(client)) = (ctx.quota(), ctx.client) else {
+        let (Some(quota), Some(client)) = (quota_of(live, ctx.route), ctx.client) else {
             return Ok(false);
         };
         if in_any(&rl.exempt, client) {
@@ -157,7 +164,6 @@ impl Gateway {
         }
         let key = quota.key_for(session.req_header(), client);
         let decision = quota.limiter.check(key, ctx.start);
-        let limiter = quota.limiter.clone();
         ctx.rate = Some(decision);
         if !decision.allowed {
             return self.reject(session, ctx, key, "request budget spent").await;
@@ -167,7 +173,7 @@ impl Gateway {
             ctx.client_inflight = Some(guard);
             if count > rl.max_inflight_per_client as isize {
                 // Refused requests use no budget; a slot frees up when one finishes.
-                limiter.refund(key);
+                quota.limiter.refund(key);
                 ctx.rate = Some(Decision {
                     allowed: false,
                     remaining: decision.remaining + 1,

@@ -98,15 +98,23 @@ impl RequestCtx {
 
     /// The quota this request spends: its route's own, or the global one.
     pub fn quota(&self) -> Option<&Quota> {
-        match self.route().map(|r| r.quota.as_deref()) {
-            Some(Some(own)) => Some(own),
-            _ => self.live.global_quota.as_deref(),
-        }
+        quota_of(&self.live, self.route)
     }
 
     /// The group the matched route sends to.
     pub fn group(&self) -> Option<&Group> {
         self.route().and_then(|r| self.live.groups.get(r.group))
+    }
+}
+
+/// The quota a request on `route` of `live` spends: the route's own, or the global one.
+pub fn quota_of(live: &Live, route: Option<usize>) -> Option<&Quota> {
+    match route
+        .and_then(|i| live.router.route(i))
+        .map(|r| r.quota.as_deref())
+    {
+        Some(Some(own)) => Some(own),
+        _ => live.global_quota.as_deref(),
     }
 }
 

@@ -150,6 +150,11 @@ impl Router {
         first(&self.any)
     }
 
+    /// Whether any route names a host (else [`find`](Self::find) needs none).
+    pub fn routes_by_host(&self) -> bool {
+        !self.exact.is_empty() || !self.wildcard.is_empty()
+    }
+
     pub fn route(&self, i: usize) -> Option<&Route> {
         self.routes.get(i)
     }
