@@ -269,6 +269,9 @@ make_work_dir() {
 cleanup_on_exit() {
   local rc=$? hook pid
   trap - EXIT
+  # Only the script's own shell cleans up: a child spawn forked can run the trap when a signal
+  # reaches it before it has exec'd its command (stop_pid just after spawn).
+  [[ $BASHPID == "$$" ]] || exit "$rc"
   for hook in ${CLEANUP_HOOKS[@]+"${CLEANUP_HOOKS[@]}"}; do
     eval "$hook" || warn "cleanup step failed: $hook"
   done
