@@ -245,9 +245,9 @@ if ((DO_CONNS)); then
     read -r a0 q0 <<<"$(backend_counts)"
     m0=$(metric_new "$sys")
     f="$RAW/conns_$sys.txt"
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$((CONN_WARM + CONN_DURATION))s" --timeout 5s --latency \
-      "http://${SYS_ADDR[$name]}/" >"$f" 2>&1 &
-    wrk_pid=$!
+    spawn "$f" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$((CONN_WARM + CONN_DURATION))s" --timeout 5s \
+      --latency "http://${SYS_ADDR[$name]}/"
+    wrk_pid=$SPAWNED_PID
     sleep "$CONN_WARM"
     read -r a1 q1 <<<"$(backend_counts)"
     m1=$(metric_new "$sys")
