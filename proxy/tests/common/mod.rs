@@ -23,7 +23,7 @@ pub use {
     load::{load, Tally},
     metrics::{Labels, Metrics},
     ports::PortHold,
-    process::{backend_bin, PROXY_BIN},
+    process::{backend_bin, Spawned, PROXY_BIN},
     proxy::Proxy,
     temp_dir::TempDir,
     wait::wait_until,
