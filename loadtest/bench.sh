@@ -38,8 +38,9 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source-path=SCRIPTDIR source=bench_lib.sh
-source "$HERE/bench_lib.sh"
+# shellcheck source=scripts/lib.sh
+source "$HERE/../scripts/lib.sh"
+bench_init
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
@@ -80,29 +81,29 @@ while (($#)); do
     --no-build) BUILD=0; shift ;;
     --out) OUT=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) usage >&2; die "unknown argument: $1" ;;
+    *) usage >&2; log_die "unknown argument: $1" ;;
   esac
 done
 CONN_DURATION=${CONN_DURATION:-$DURATION}
 for v in ROUNDS DURATION WORKERS CONNECTIONS WRK_THREADS SWEEP_DURATION BACKEND_WORKERS CLIENTS; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
 done
-((ROUNDS <= 100 && DURATION <= 600 && CLIENTS <= 1000000)) || die "rounds <= 100, duration <= 600, clients <= 1000000"
+((ROUNDS <= 100 && DURATION <= 600 && CLIENTS <= 1000000)) || log_die "rounds <= 100, duration <= 600, clients <= 1000000"
 
-need wrk "apt-get install -y wrk"
-need nginx "apt-get install -y nginx-light"
-need haproxy "apt-get install -y haproxy"
-need python3 "apt-get install -y python3"
-need curl "apt-get install -y curl"
+log_need wrk "apt-get install -y wrk"
+log_need nginx "apt-get install -y nginx-light"
+log_need haproxy "apt-get install -y haproxy"
+log_need python3 "apt-get install -y python3"
+log_need curl "apt-get install -y curl"
 ((DO_SWEEP)) && need_matplotlib
 
 ((BUILD)) && build_release
 check_binaries
 
-trap bench_cleanup EXIT INT TERM
-bench_tmp
-chmod 755 "$BENCH_TMP" # nginx workers run as nobody
-RAW="$BENCH_TMP/raw"
+install_cleanup
+make_work_dir gateway-bench
+chmod 755 "$WORK_DIR" # nginx workers run as nobody
+RAW="$WORK_DIR/raw"
 mkdir -p "$RAW" "$OUT"
 
 # run_wrk SYSTEM CONNECTIONS SECONDS OUTFILE: one wrk run; prints the CPU ticks it cost SYSTEM.
@@ -119,7 +120,7 @@ run_wrk() {
 }
 
 log "backends: 2 x nginx (worker_processes $BACKEND_WORKERS)"
-start_backends "$BACKEND_WORKERS"
+start_bench_backends "$BACKEND_WORKERS"
 SYS_PID[direct]=${BACKEND_PID[backend1]}
 SYS_ADDR[direct]="127.0.0.1:${BACKEND_PORTS[0]}"
 
@@ -136,7 +137,7 @@ SYSTEMS=(ours ours+log ours-norl ours+case bare nginx haproxy direct)
 # Every proxy must add X-Forwarded-For and reach both backends before anything is measured.
 for sys in ours ours+log ours-norl ours+case bare nginx haproxy; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://${SYS_ADDR[$sys]}/")
-  [[ "$code" == 200 ]] || die "$sys answered $code"
+  [[ "$code" == 200 ]] || log_die "$sys answered $code"
 done
 
 cat >"$RAW/meta.json" <<EOF
@@ -244,9 +245,9 @@ if ((DO_CONNS)); then
     read -r a0 q0 <<<"$(backend_counts)"
     m0=$(metric_new "$sys")
     f="$RAW/conns_$sys.txt"
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$((CONN_WARM + CONN_DURATION))s" --timeout 5s --latency \
-      "http://${SYS_ADDR[$name]}/" >"$f" 2>&1 &
-    wrk_pid=$!
+    spawn "$f" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$((CONN_WARM + CONN_DURATION))s" --timeout 5s \
+      --latency "http://${SYS_ADDR[$name]}/"
+    wrk_pid=$SPAWNED_PID
     sleep "$CONN_WARM"
     read -r a1 q1 <<<"$(backend_counts)"
     m1=$(metric_new "$sys")

@@ -24,8 +24,9 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source-path=SCRIPTDIR source=bench_lib.sh
-source "$HERE/bench_lib.sh"
+# shellcheck source=scripts/lib.sh
+source "$HERE/../scripts/lib.sh"
+bench_init
 
 POPULATIONS=${POPULATIONS:-"1000 10000 100000"}
 REQUESTS_PER_CLIENT=${REQUESTS_PER_CLIENT:-2}
@@ -48,36 +49,36 @@ while (($#)); do
     --no-build) BUILD=0; shift ;;
     --out) OUT=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
-    *) usage >&2; die "unknown argument: $1" ;;
+    *) usage >&2; log_die "unknown argument: $1" ;;
   esac
 done
 BUDGET=${BUDGET:-$((2 * REQUESTS_PER_CLIENT + 1))}
 for v in REQUESTS_PER_CLIENT BUDGET MAX_CLIENTS WORKERS CONCURRENCY; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
 done
-((2 * REQUESTS_PER_CLIENT < BUDGET)) || die "2 x requests-per-client must stay under the budget"
+((2 * REQUESTS_PER_CLIENT < BUDGET)) || log_die "2 x requests-per-client must stay under the budget"
 prev=0
 for n in $POPULATIONS; do
   if ! [[ "$n" =~ ^[1-9][0-9]*$ ]] || ((n <= prev || n > 1000000)); then
-    die "populations must be increasing positive integers up to 1000000"
+    log_die "populations must be increasing positive integers up to 1000000"
   fi
   prev=$n
 done
 LAST=$prev
 
-need nginx "apt-get install -y nginx-light"
-need python3 "apt-get install -y python3"
-need curl "apt-get install -y curl"
+log_need nginx "apt-get install -y nginx-light"
+log_need python3 "apt-get install -y python3"
+log_need curl "apt-get install -y curl"
 ((BUILD)) && build_release
 check_binaries
 
-trap bench_cleanup EXIT INT TERM
-bench_tmp
-chmod 755 "$BENCH_TMP"
-RAW="$BENCH_TMP/raw"
+install_cleanup
+make_work_dir gateway-bench
+chmod 755 "$WORK_DIR"
+RAW="$WORK_DIR/raw"
 mkdir -p "$RAW" "$OUT"
 
-start_backends 1
+start_bench_backends 1
 # The window is 3600 s, so no client's budget refills while the benchmark runs.
 start_ours rl-on "$(free_port)" "$(free_port)" "$WORKERS" true false "$BUDGET" "$MAX_CLIENTS" 3600
 start_ours rl-off "$(free_port)" "$(free_port)" "$WORKERS" false false "$BUDGET" "$MAX_CLIENTS" 3600
@@ -86,7 +87,7 @@ start_ours rl-off "$(free_port)" "$(free_port)" "$WORKERS" false false "$BUDGET"
 clients() {
   timeout 900 python3 "$HERE/many_clients.py" --target "${SYS_ADDR[$1]}" --first 127.1.0.1 \
     --offset "$2" --clients "$3" --requests-per-client "$4" --concurrency "$CONCURRENCY" \
-    --timeout 600 >"$5" || die "many_clients.py against $1 failed"
+    --timeout 600 >"$5" || log_die "many_clients.py against $1 failed"
 }
 
 printf 'phase\tsystem\tclients_total\tnew_clients\tfile\trss_before_kb\trss_after_kb\thwm_after_kb\ttracked\n' >"$RAW/steps.tsv"

@@ -10,19 +10,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind" >&2; exit 2; }
-source loadtest/bench_lib.sh
-# shellcheck disable=SC2034  # filled and read by bench_lib.sh
-declare -A BACKEND_PID SYS_PID SYS_ADDR SYS_ADMIN
-trap bench_cleanup EXIT INT TERM
+source scripts/lib.sh
+bench_init
+install_cleanup
 systems=("$@"); [ ${#systems[@]} -gt 0 ] || systems=(ours ours+log bare)
 
 cargo build --release -q -p proxy --bin proxy --example bare_proxy
 out_dir=loadtest/results/callgrind; mkdir -p "$out_dir"
-bench_tmp; chmod 755 "$BENCH_TMP"
-wrapper="$BENCH_TMP/vgwrap"
+make_work_dir gateway-bench; chmod 755 "$WORK_DIR"
+wrapper="$WORK_DIR/vgwrap"
 printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file="$CG_OUT" "$REAL_BIN" "$@"\n' >"$wrapper"
 chmod +x "$wrapper"
-start_backends 1
+start_bench_backends 1
 real_proxy=$PROXY_BIN; real_bare=$BARE_BIN
 for sys in "${systems[@]}"; do
   export CG_OUT="$PWD/$out_dir/$sys.out"

@@ -74,8 +74,8 @@ set -euo pipefail
 LOADTEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$LOADTEST_DIR/.." && pwd)
 cd "$ROOT"
-# shellcheck source=loadtest/lib.sh
-source "$LOADTEST_DIR/lib.sh"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 SCENARIOS=(balance ratelimit failover graceful)
 
@@ -205,7 +205,6 @@ ensure_binaries() {
 # ---------------------------------------------------------------------------------------------
 # State of one scenario run.
 
-WORK_DIR=
 PROXY_URL=
 ADMIN_URL=
 PROXY_PID=
@@ -803,7 +802,7 @@ if [[ $SCENARIO == all ]]; then
 fi
 
 install_cleanup
-WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/run_ab.$SCENARIO.XXXXXX")
+make_work_dir "run_ab.$SCENARIO" keep-failed
 preflight
 scenario_start=$(now_ms)
 "scenario_$SCENARIO"

@@ -28,7 +28,6 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 T_START=$SECONDS
-say() { printf 'check_compose: %s\n' "$*"; }
 fail() {
   printf 'check_compose: FAIL: %s\n' "$*" >&2
   exit 1
@@ -41,7 +40,7 @@ engine_up() { "$(docker_cli)" info >/dev/null 2>&1; }
 if ! engine_up; then
   if [ "$(id -u)" -ne 0 ]; then
     if sudo -n true 2>/dev/null; then
-      say "no usable Docker engine for $(id -un): running again as root (sudo)"
+      report "no usable Docker engine for $(id -un): running again as root (sudo)"
       exec sudo -n "$BASH" "$PWD/scripts/check_compose.sh" "$@"
     fi
     fail "no usable Docker engine, and installing or starting one needs root: run  sudo $PWD/scripts/check_compose.sh"
@@ -57,7 +56,7 @@ pin_docker_cli "$work/bin"
 compose_cmd
 PROJECT=${CHECK_COMPOSE_PROJECT:-gateway-check}
 export COMPOSE_PROJECT_NAME=$PROJECT
-compose() { "${COMPOSE[@]}" -f docker-compose.yml "$@"; }
+compose() { "${COMPOSE_CMD[@]}" -f docker-compose.yml "$@"; }
 
 DOCKERD_PID=
 CONTAINERD_PID=
@@ -105,9 +104,9 @@ restore_firewall() {
   fi
   now=$(fw_rules)
   if [ "$now" != "$FW_BEFORE" ]; then
-    say "warning: the host firewall differs from before dockerd started: $(diff <(echo "$FW_BEFORE") <(echo "$now") | grep '^[<>]' | tr '\n' ' ')"
+    report "warning: the host firewall differs from before dockerd started: $(diff <(echo "$FW_BEFORE") <(echo "$now") | grep '^[<>]' | tr '\n' ' ')"
   else
-    say "host firewall as found (dockerd's chains removed)"
+    report "host firewall as found (dockerd's chains removed)"
   fi
 }
 
@@ -115,7 +114,7 @@ restore_firewall() {
 stop_dockerd() {
   local i pid
   [ -n "$DOCKERD_PID" ] || return 0
-  say "stopping the dockerd started for this run (pid $DOCKERD_PID)"
+  report "stopping the dockerd started for this run (pid $DOCKERD_PID)"
   kill -TERM "$DOCKERD_PID" 2>/dev/null || true
   for ((i = 0; i < 300; i++)); do
     kill -0 "$DOCKERD_PID" 2>/dev/null || break
@@ -148,12 +147,12 @@ leftovers() {
 teardown() {
   local left kind id
   [ "$STACK" = 1 ] || return 0
-  say "tearing down: ${COMPOSE[*]} down -v"
+  report "tearing down: ${COMPOSE_CMD[*]} down -v"
   compose down -v --remove-orphans --timeout 20 >"$work/down.log" 2>&1 ||
-    say "down -v failed: $(tail -n 3 "$work/down.log" | tr '\n' ' ')"
+    report "down -v failed: $(tail -n 3 "$work/down.log" | tr '\n' ' ')"
   left=$(leftovers)
   if [ -n "$left" ]; then
-    say "left behind after down -v (removing): $(echo "$left" | tr '\n' ' ')"
+    report "left behind after down -v (removing): $(echo "$left" | tr '\n' ' ')"
     while read -r kind id; do
       case $kind in
         container) "$DOCKER" rm -f -v "$id" ;;
@@ -164,7 +163,7 @@ teardown() {
     return 1
   fi
   STACK=0
-  say "nothing left behind (no container, network or volume labelled $PROJECT)"
+  report "nothing left behind (no container, network or volume labelled $PROJECT)"
 }
 
 cleanup() {
@@ -180,12 +179,12 @@ cleanup() {
   fi
   stop_dockerd
   if [ "$rc" != 0 ] || [ "${KEEP_TMP:-0}" = 1 ]; then
-    say "logs kept in $work"
+    report "logs kept in $work"
   else
     rm -rf -- "$work"
   fi
-  [ ${#TIMES[@]} -eq 0 ] || say "times: $(printf '%s, ' "${TIMES[@]}")total $((SECONDS - T_START))s"
-  if [ "$rc" = 0 ]; then say "PASS"; else say "FAIL (exit $rc)"; fi
+  [ ${#TIMES[@]} -eq 0 ] || report "times: $(printf '%s, ' "${TIMES[@]}")total $((SECONDS - T_START))s"
+  if [ "$rc" = 0 ]; then report "PASS"; else report "FAIL (exit $rc)"; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -201,7 +200,7 @@ if ! engine_up; then
   # no real Docker host does. They are removed again when it stops (restore_firewall).
   # The descriptor limit of Debian's docker.service (LimitNOFILE=1048576), which the
   # containers inherit; a shell's limit is often far lower.
-  say "no Docker engine running: starting dockerd for this run"
+  report "no Docker engine running: starting dockerd for this run"
   save_firewall
   (
     ulimit -n 1048576 2>/dev/null || true
@@ -216,9 +215,9 @@ if ! engine_up; then
   engine_up || fail "dockerd did not answer within 60 s: $(tail -n 5 "$work/dockerd.log")"
   # The containerd dockerd starts for itself stops with it; its PID, in case it does not.
   CONTAINERD_PID=$(cat /var/run/docker/containerd/containerd.pid 2>/dev/null || true)
-  say "dockerd $("$DOCKER" version -f '{{.Server.Version}}') up (pid $DOCKERD_PID) in $((SECONDS - t))s"
+  report "dockerd $("$DOCKER" version -f '{{.Server.Version}}') up (pid $DOCKERD_PID) in $((SECONDS - t))s"
 fi
-say "docker CLI: $DOCKER ($("$DOCKER" version -f '{{.Client.Version}}')); compose: ${COMPOSE[*]}; project: $PROJECT"
+report "docker CLI: $DOCKER ($("$DOCKER" version -f '{{.Client.Version}}')); compose: ${COMPOSE_CMD[*]}; project: $PROJECT"
 lap engine "$t"
 
 # ---- Images -----------------------------------------------------------------------------------
@@ -241,7 +240,7 @@ build_args=(build --network host -t "${built[0]}")
 [ "$buildkit" = 0 ] || build_args+=(--progress=plain)
 t=$SECONDS
 old_id=$("$DOCKER" image inspect -f '{{.Id}}' "${built[0]}" 2>/dev/null || true)
-say "building ${built[0]} from ./Dockerfile ($([ "$buildkit" = 1 ] && echo BuildKit || echo legacy builder)); log: $work/build.log"
+report "building ${built[0]} from ./Dockerfile ($([ "$buildkit" = 1 ] && echo BuildKit || echo legacy builder)); log: $work/build.log"
 if ! DOCKER_BUILDKIT=$buildkit "$DOCKER" "${build_args[@]}" . >"$work/build.log" 2>&1; then
   tail -n 30 "$work/build.log" >&2
   fail "docker build failed (log above)"
@@ -255,7 +254,7 @@ cached=$(grep -c '^#[0-9]* CACHED' "$work/build.log" || true)
 deps=$(grep -m1 -E '^#[0-9]+ \[build +[0-9]+/[0-9]+\] RUN mkdir -p proxy/src' "$work/build.log" | cut -d' ' -f1 || true)
 deps_state=built
 [ -n "$deps" ] && grep -q "^$deps CACHED" "$work/build.log" && deps_state=cached
-say "built ${built[0]} in $((SECONDS - t))s${deps:+ (dependency layer $deps_state; $cached steps from the cache)}"
+report "built ${built[0]} in $((SECONDS - t))s${deps:+ (dependency layer $deps_state; $cached steps from the cache)}"
 lap build "$t"
 
 # ---- Stack ------------------------------------------------------------------------------------
@@ -272,7 +271,7 @@ services=() left_out=()
 while read -r svc image build; do
   if [ "$build" = 0 ] && ! "$DOCKER" image inspect "$image" >/dev/null 2>&1; then
     left_out+=("$svc")
-    say "$image is not available (it cannot be pulled here and has no stand-in): running the stack WITHOUT $svc"
+    report "$image is not available (it cannot be pulled here and has no stand-in): running the stack WITHOUT $svc"
   else
     services+=("$svc")
   fi
@@ -288,10 +287,10 @@ t=$SECONDS
 # A run killed half-way may have left this project's containers: start clean.
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 STACK=1
-say "${COMPOSE[*]} up -d ${services[*]} (proxy on 127.0.0.1:$GATEWAY_HTTP_PORT, admin :$GATEWAY_ADMIN_PORT, Prometheus :$PROMETHEUS_PORT)"
+report "${COMPOSE_CMD[*]} up -d ${services[*]} (proxy on 127.0.0.1:$GATEWAY_HTTP_PORT, admin :$GATEWAY_ADMIN_PORT, Prometheus :$PROMETHEUS_PORT)"
 if ! compose up -d --no-build "${services[@]}" >"$work/up.log" 2>&1; then
   tail -n 20 "$work/up.log" >&2
-  fail "${COMPOSE[*]} up -d failed (log above)"
+  fail "${COMPOSE_CMD[*]} up -d failed (log above)"
 fi
 
 # health SERVICE: "running healthy", "running starting", "exited none", ... of its container.
@@ -322,11 +321,11 @@ while [ ${#pending[@]} -gt 0 ]; do
   [ "$SECONDS" -lt "$deadline" ] || fail "not healthy within ${HEALTH_TIMEOUT_SECONDS:-180}s: ${pending[*]}"
   sleep 0.5
 done
-say "every container healthy $((SECONDS - t))s after up: ${services[*]}"
+report "every container healthy $((SECONDS - t))s after up: ${services[*]}"
 lap up "$t"
 
 if [ ${#left_out[@]} -gt 0 ]; then
-  say "grafana left out: checking its provisioning and dashboards statically"
+  report "grafana left out: checking its provisioning and dashboards statically"
   python3 loadtest/check_dashboard.py >"$work/dashboard.log" 2>&1 || {
     cat "$work/dashboard.log" >&2
     fail "loadtest/check_dashboard.py: the dashboards are broken"
@@ -386,7 +385,7 @@ sys.exit(0 if t and all(x["health"] == "up" for x in t) else 1)'
 before=$(prom_value 'sum(gateway_requests_total)') || fail "Prometheus does not answer at $PROM"
 before=${before:-0}
 t=$SECONDS
-say "loadtest/run_ab.sh all --compose"
+report "loadtest/run_ab.sh all --compose"
 rc=0
 loadtest/run_ab.sh all --compose 2>&1 | tee "$work/run_ab.log" || rc=$?
 lap scenarios "$t"
@@ -409,7 +408,7 @@ for ((i = 0; i < 30; i++)); do
 done
 python3 -c 'import sys; sys.exit(0 if float(sys.argv[1] or 0) > float(sys.argv[2]) else 1)' "${moved:-0}" "$before" ||
   fail "Prometheus: gateway_requests_total did not move (before the scenarios ${before}, highest since ${moved:-none})"
-say "Prometheus: target gateway up; gateway_requests_total went from $before to ${moved} (highest sum scraped)"
+report "Prometheus: target gateway up; gateway_requests_total went from $before to ${moved} (highest sum scraped)"
 lap prometheus "$t"
 
 t=$SECONDS

@@ -48,8 +48,6 @@ DOCKER=$(docker_cli)
 work=$(mktemp -d "${TMPDIR:-/tmp}/offline_images.XXXXXX")
 trap 'rm -rf -- "$work"' EXIT
 
-log() { printf 'offline_images: %s\n' "$*"; }
-
 # The images to provide.
 images=()
 if [ $# -gt 0 ]; then
@@ -93,7 +91,7 @@ debootstrap() {
   [ -z "$include" ] || args+=("--include=$include")
   [ -z "$hook" ] || args+=("--customize-hook=$hook")
   t0=$SECONDS
-  log "$tag: mmdebstrap --variant=minbase $suite${include:+ + $include} ..."
+  report "$tag: mmdebstrap --variant=minbase $suite${include:+ + $include} ..."
   if ! mmdebstrap "${args[@]}" "$suite" "$out" \
     "deb $MIRROR $suite main" "deb $MIRROR $suite-updates main" \
     "deb $SECURITY_MIRROR $suite-security main" >"$work/mmdebstrap.log" 2>&1; then
@@ -101,7 +99,7 @@ debootstrap() {
     echo "offline_images: mmdebstrap failed for $tag (mirror $MIRROR)" >&2
     return 1
   fi
-  log "$tag: root file system built in $((SECONDS - t0)) s ($(du -m "$out" | cut -f1) MB)"
+  report "$tag: root file system built in $((SECONDS - t0)) s ($(du -m "$out" | cut -f1) MB)"
 }
 
 # import TAR TAG NOTE CHANGE...: docker import with the stand-in labels and Dockerfile changes.
@@ -164,7 +162,7 @@ if [ -d /usr/local/share/ca-certificates ]; then
 fi
 EOF
   chmod +x "$hook"
-  log "$tag: the host's toolchain $name (rustc $version) and rustup go in; the tag asks for ${tag#rust:}"
+  report "$tag: the host's toolchain $name (rustc $version) and rustup go in; the tag asks for ${tag#rust:}"
   debootstrap "$tag" "$suite" "$work/root.tar" "build-essential,cmake,pkg-config,ca-certificates" "$hook" || return 1
   import "$work/root.tar" "$tag" "offline stand-in: Debian $suite + build-essential cmake + the host's Rust $version (rustup; not the tagged version) + the host's CA store" \
     "ENV PATH=/usr/local/cargo/bin:$BASE_PATH" 'ENV RUSTUP_HOME=/usr/local/rustup' \
@@ -235,31 +233,31 @@ for image in "${images[@]}"; do
   if present "$image"; then
     note=$(stand_in_note "$image")
     if [ -z "$note" ]; then
-      log "$image: present"
+      report "$image: present"
       continue
     fi
     old=$("$DOCKER" image inspect -f '{{.Id}}' "$image")
   fi
   # Missing, or a stand-in: the real image whenever a pull can get it.
   if timeout "$PULL_TIMEOUT_SECONDS" "$DOCKER" pull -q "$image" >"$work/pull.log" 2>&1; then
-    log "$image: pulled${old:+ (it replaces the stand-in)}"
+    report "$image: pulled${old:+ (it replaces the stand-in)}"
     [ -z "$old" ] || "$DOCKER" image rm "$old" >/dev/null 2>&1 || true
     continue
   fi
   why=$(tail -n 1 "$work/pull.log")
   if [ -n "$note" ] && [ -z "${OFFLINE_REBUILD:-}" ]; then
-    log "$image: STAND-IN present ($note); the real image cannot be pulled: $why"
+    report "$image: STAND-IN present ($note); the real image cannot be pulled: $why"
     continue
   fi
-  log "$image: cannot be pulled ($why)${old:+; rebuilding the stand-in (OFFLINE_REBUILD)}"
+  report "$image: cannot be pulled ($why)${old:+; rebuilding the stand-in (OFFLINE_REBUILD)}"
   ensure_packages mmdebstrap:mmdebstrap
   t0=$SECONDS rc=0
   standin "$image" || rc=$?
   if [ "$rc" = 0 ]; then
-    log "$image: STAND-IN built in $((SECONDS - t0)) s: $(stand_in_note "$image")"
+    report "$image: STAND-IN built in $((SECONDS - t0)) s: $(stand_in_note "$image")"
     [ -z "$old" ] || "$DOCKER" image rm "$old" >/dev/null 2>&1 || true
   elif [ "$rc" = 2 ]; then
-    log "$image: MISSING: no stand-in can be built for it here"
+    report "$image: MISSING: no stand-in can be built for it here"
     missing+=("$image")
   else
     echo "offline_images: building the stand-in for $image failed" >&2

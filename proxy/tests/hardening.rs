@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream as StdStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,61 +15,6 @@ use tokio::net::{TcpSocket, TcpStream};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// A proxy process started by a test itself (under a wrapper, or expected to fail); killed and
-/// reaped on drop.
-struct Spawned {
-    child: Option<Child>,
-    output: std::path::PathBuf,
-}
-
-impl Spawned {
-    fn start(program: &str, args: &[&str], dir: &Path) -> Spawned {
-        let output = dir.join("spawned.out");
-        let out = std::fs::File::create(&output).unwrap();
-        let child = Command::new(program)
-            .args(args)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .env_remove("RUST_LOG")
-            .spawn()
-            .expect("spawn");
-        Spawned {
-            child: Some(child),
-            output,
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.output).unwrap_or_default()
-    }
-
-    /// Waits (bounded) for the exit code.
-    async fn exit_code(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return status.code();
-                }
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A config written for a test: the proxy and admin addresses (held, so no other test is
@@ -509,7 +454,7 @@ async fn sighup_during_start_up_is_queued_not_fatal() {
         let w = write_config(dir.path(), &backend_list(&[&backend]), "");
         let (addr, admin, config) = (w.addr, w.admin, w.path.clone());
         let mut p = Spawned::start(PROXY_BIN, &["-c", config.to_str().unwrap()], dir.path());
-        let pid = p.child.as_ref().unwrap().id();
+        let pid = p.pid();
         // main has begun once its SIGHUP handler shows in /proc (the dynamic loader's work
         // before main, a few ms in a debug build, is outside any program's reach).
         let caught = wait_until(Duration::from_secs(5), || async move {

@@ -4,8 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,17 +22,16 @@ fn by_name(backends: &[&Backend]) -> Vec<String> {
 
 /// A proxy process spawned without any readiness wait (unlike `Proxy::start`, which waits for
 /// the admin listener first and so gives discovery time to finish).
-struct Spawned {
-    child: Child,
+struct StartingProxy {
+    process: Spawned,
     addr: SocketAddr,
-    output: PathBuf,
     _dir: TempDir,
     /// The proxy and admin ports, held for the process's life.
     _holds: [PortHold; 2],
 }
 
-impl Spawned {
-    fn start(backends: &[String]) -> Spawned {
+impl StartingProxy {
+    fn start(backends: &[String]) -> StartingProxy {
         let dir = TempDir::new("startup");
         let holds = [PortHold::new(), PortHold::new()];
         let (addr, admin) = (holds[0].addr, holds[1].addr);
@@ -42,28 +39,21 @@ impl Spawned {
         merge(&mut config, NO_LIMIT);
         let config_path = dir.path().join("proxy.toml");
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-        let output = dir.path().join("stdout.log");
-        let out = std::fs::File::create(&output).unwrap();
-        let child = Command::new(PROXY_BIN)
-            .arg("-c")
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn proxy");
-        Spawned {
-            child,
+        let process = Spawned::start(
+            PROXY_BIN,
+            &["-c", config_path.to_str().unwrap()],
+            dir.path(),
+        );
+        StartingProxy {
+            process,
             addr,
-            output,
             _dir: dir,
             _holds: holds,
         }
     }
 
     fn output(&self) -> String {
-        std::fs::read_to_string(&self.output).unwrap_or_default()
+        self.process.output()
     }
 
     /// The first connection the proxy port accepts, polled every millisecond (bounded).
@@ -73,7 +63,7 @@ impl Spawned {
             if let Ok(conn) = Conn::connect(self.addr, None).await {
                 return conn;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.process.exited() {
                 panic!("proxy exited with {status}; output:\n{}", self.output());
             }
             assert!(
@@ -86,19 +76,12 @@ impl Spawned {
     }
 }
 
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_name_backends_answer_from_the_first_accepted_connection() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let backends = by_name(&[&a, &b]);
     for start in 0..10 {
-        let mut proxy = Spawned::start(&backends);
+        let mut proxy = StartingProxy::start(&backends);
         let mut conn = proxy.first_connection().await;
         // At once on the connection that found the port open, then sequentially, then side by side.
         let r = conn
