@@ -26,6 +26,8 @@ backend_port() {
 }
 ports=()
 for n in 1 2 3; do
+  # Created here, not by the child's redirect: the first read below may come before the child ran.
+  : >"$work/backend$n.out"
   "$BIN/mock-backend" --listen 127.0.0.1:0 --name "backend$n" >"$work/backend$n.out" 2>&1 &
   pids+=($!)
   port=
