@@ -2,7 +2,9 @@
 # Instructions per request under callgrind (counts instructions, not time: repeatable on a busy
 # machine). Release builds, 1 thread each, one nginx backend, wrk -c10: 3 s warm-up, then 10 s
 # counted. Systems: ours (production features, access log off), ours+log, ours-norl (limiter
-# off), ours+case (headers.preserve_case = true), bare (bare Pingora round robin).
+# off), ours+case (headers.preserve_case = true), ours+1route (one catch-all [[routes]]),
+# ours+50routes (50 routes, the request takes the one tried last), bare (bare Pingora round
+# robin). Every system is sent GET $WRK_PATH [/r49/x] (what the 50 routes' last one takes).
 #
 #   loadtest/profile_callgrind.sh [SYSTEM ...]     (default: ours ours+log bare)
 #   Output: one line per system; callgrind files under loadtest/results/callgrind/ for
@@ -14,6 +16,7 @@ source scripts/lib.sh
 bench_init
 install_cleanup
 systems=("$@"); [ ${#systems[@]} -gt 0 ] || systems=(ours ours+log bare)
+WRK_PATH=${WRK_PATH:-/r49/x}
 
 cargo build --release -q -p proxy --bin proxy --example bare_proxy
 out_dir=loadtest/results/callgrind; mkdir -p "$out_dir"
@@ -33,13 +36,15 @@ for sys in "${systems[@]}"; do
     ours+log) start_ours ours+log "$(free_port)" "$(free_port)" 1 true true ;;
     ours-norl) start_ours ours-norl "$(free_port)" "$(free_port)" 1 false false ;;
     ours+case) PRESERVE_CASE=true start_ours ours+case "$(free_port)" "$(free_port)" 1 true false ;;
+    ours+1route) EXTRA_TOML=$(routes_toml 1) start_ours ours+1route "$(free_port)" "$(free_port)" 1 true false ;;
+    ours+50routes) READY_PATH=/r49/x EXTRA_TOML=$(routes_toml 50) start_ours ours+50routes "$(free_port)" "$(free_port)" 1 true false ;;
     bare) REAL_BIN=$real_bare; start_bare bare "$(free_port)" 1 ;;
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac
   PROXY_BIN=$real_proxy; BARE_BIN=$real_bare
-  wrk -t1 -c10 -d3s "http://${SYS_ADDR[$sys]}/" >/dev/null
+  wrk -t1 -c10 -d3s "http://${SYS_ADDR[$sys]}$WRK_PATH" >/dev/null
   callgrind_control -z "${SYS_PID[$sys]}" >/dev/null 2>&1
-  requests=$(wrk -t1 -c10 -d10s "http://${SYS_ADDR[$sys]}/" | awk '/requests in/ {print $1}')
+  requests=$(wrk -t1 -c10 -d10s "http://${SYS_ADDR[$sys]}$WRK_PATH" | awk '/requests in/ {print $1}')
   callgrind_control -d "${SYS_PID[$sys]}" >/dev/null 2>&1
   stop_pid "${SYS_PID[$sys]}"
   # The first dump (after zeroing) holds exactly the counted window.

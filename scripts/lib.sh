@@ -636,7 +636,8 @@ start_bench_backends() {
 #            [REQUESTS [MAX_CLIENTS [WINDOW_SECONDS]]]
 # The gateway with production features on: rate limiting (by default with a limit it never
 # reaches), metrics, request and response headers, health checks. PRESERVE_CASE=true sets
-# headers.preserve_case.
+# headers.preserve_case; EXTRA_TOML is appended to the config (e.g. routes_toml's routes);
+# READY_PATH [/] is the path that must answer 200 before it counts as started.
 start_ours() {
   local name=$1 port=$2 admin=$3 threads=$4 rl=$5 al=$6 requests=${7:-1000000000} max_clients=${8:-100000}
   local window=${9:-60}
@@ -680,6 +681,9 @@ level = "info"
 access_log = $al
 $file_line
 EOF
+  if [[ -n ${EXTRA_TOML:-} ]]; then
+    printf '\n%s\n' "$EXTRA_TOML" >>"$dir/proxy.toml"
+  fi
   "$PROXY_BIN" -t -c "$dir/proxy.toml" >/dev/null || log_die "$name: config rejected: $dir/proxy.toml"
   # stdout goes to a file too: with the access log on, each line is written to stdout and log.file.
   spawn "$dir/stdout.log" "$PROXY_BIN" -c "$dir/proxy.toml"
@@ -687,7 +691,20 @@ EOF
   SYS_ADDR[$name]="127.0.0.1:$port"
   SYS_ADMIN[$name]="127.0.0.1:$admin"
   wait_serving "http://127.0.0.1:$admin/ready" "$SPAWNED_PID" "$dir/stdout.log"
-  wait_serving "http://127.0.0.1:$port/" "$SPAWNED_PID" "$dir/stdout.log"
+  wait_serving "http://127.0.0.1:$port${READY_PATH:-/}" "$SPAWNED_PID" "$dir/stdout.log"
+}
+
+# routes_toml N: N [[routes]] to the group default for start_ours' EXTRA_TOML. N = 1: one
+# catch-all; N > 1: /r00/ ... /rNN/, all of one prefix length, so /r(N-1)/ is tried last.
+routes_toml() {
+  local n=$1 i
+  if ((n == 1)); then
+    printf '[[routes]]\nname = "all"\nupstream = "default"\n'
+    return
+  fi
+  for ((i = 0; i < n; i++)); do
+    printf '[[routes]]\nname = "r%02d"\npath_prefix = "/r%02d/"\nupstream = "default"\n' "$i" "$i"
+  done
 }
 
 # start_bare NAME PORT THREADS: proxy/examples/bare_proxy.rs (BARE_BIN).

@@ -60,8 +60,8 @@ impl Route {
         }
     }
 
-    fn takes(&self, path: &str, method: &Method) -> bool {
-        path.starts_with(&*self.prefix) && self.methods.as_ref().is_none_or(|m| m.contains(method))
+    fn takes_method(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
     }
 
     /// With `strip_prefix`: the path (and query) to send upstream, the prefix dropped and a
@@ -77,16 +77,61 @@ impl Route {
     }
 }
 
-/// Indexes of routes to try, in order.
-type Candidates = Box<[u16]>;
+/// Routes to try, in order.
+type Candidates = Box<[Candidate]>;
+
+/// A route in a candidate list, with its prefix's first 8 bytes packed into a word: most
+/// candidates are ruled out by one masked compare instead of a `memcmp` call (50 routes with
+/// the hit on the last cost about 1.9k instructions per request with `starts_with`).
+struct Candidate {
+    route: u16,
+    head: u64,
+    mask: u64,
+    /// The prefix's length; beyond 8 bytes the rest is compared as bytes.
+    len: usize,
+}
+
+impl Candidate {
+    fn new(route: u16, prefix: &str) -> Self {
+        let n = prefix.len().min(8);
+        Self {
+            route,
+            head: head(prefix.as_bytes()),
+            mask: if n == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * n)) - 1
+            },
+            len: prefix.len(),
+        }
+    }
+
+    /// Whether `path` (whose [`head`] is `path_head`) starts with the prefix of `routes[route]`.
+    fn prefix_of(&self, path: &[u8], path_head: u64, routes: &[Route]) -> bool {
+        path.len() >= self.len
+            && path_head & self.mask == self.head
+            && (self.len <= 8
+                || routes
+                    .get(self.route as usize)
+                    .is_some_and(|r| path[8..self.len] == r.prefix.as_bytes()[8..]))
+    }
+}
+
+/// The first 8 bytes of `bytes` (zero-padded), little-endian.
+fn head(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let n = bytes.len().min(8);
+    word[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(word)
+}
 
 /// Routes indexed by host; each candidate list is ordered by prefix length, then file order.
 pub struct Router {
     routes: Box<[Route]>,
-    exact: HashMap<Box<str>, Box<[u16]>>,
+    exact: HashMap<Box<str>, Candidates>,
     /// Longest suffix first.
     wildcard: Box<[(Box<str>, Candidates)]>,
-    any: Box<[u16]>,
+    any: Candidates,
 }
 
 impl Router {
@@ -106,11 +151,13 @@ impl Router {
             }
             compiled.push(route);
         }
-        let order = |list: Vec<u16>| -> Box<[u16]> {
+        let order = |list: Vec<u16>| -> Candidates {
             let mut list = list;
             // Stable: equal lengths keep file order.
             list.sort_by_key(|&i| std::cmp::Reverse(compiled[i as usize].prefix.len()));
-            list.into()
+            list.into_iter()
+                .map(|i| Candidate::new(i, &compiled[i as usize].prefix))
+                .collect()
         };
         let exact = exact.into_iter().map(|(h, l)| (h, order(l))).collect();
         let mut wildcard: Vec<(Box<str>, Candidates)> =
@@ -128,10 +175,15 @@ impl Router {
     /// The route for a request to `host` (lower case, no port: see [`host_key`]), `path` and
     /// `method`. Allocates nothing.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
-        let first = |list: &[u16]| {
+        let path = path.as_bytes();
+        let path_head = head(path);
+        let first = |list: &[Candidate]| {
             list.iter()
-                .map(|&i| i as usize)
-                .find(|&i| self.routes[i].takes(path, method))
+                .find(|c| {
+                    c.prefix_of(path, path_head, &self.routes)
+                        && self.routes[c.route as usize].takes_method(method)
+                })
+                .map(|c| c.route as usize)
         };
         if let Some(host) = host {
             if !self.exact.is_empty() {

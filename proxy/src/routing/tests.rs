@@ -156,3 +156,35 @@ upstream = "b"
     assert_eq!(route("api").forwarded_prefix.as_ref().unwrap(), "/api");
     assert!(route("kept").stripped_path("/kept/x").is_none());
 }
+
+#[test]
+fn prefixes_shorter_and_longer_than_a_word_match_exactly() {
+    let r = router(
+        r#"
+[[routes]]
+name = "eight"
+path_prefix = "/abcdefg"
+upstream = "b"
+[[routes]]
+name = "ten"
+path_prefix = "/abcdefgh/"
+upstream = "b"
+[[routes]]
+name = "long"
+path_prefix = "/abcdefgh/ijklmnop/q"
+upstream = "b"
+[[routes]]
+name = "one"
+path_prefix = "/"
+upstream = "b"
+"#,
+    );
+    assert_eq!(find(&r, "h", "/abcdefgh/ijklmnop/qr", "GET"), Some("long"));
+    assert_eq!(find(&r, "h", "/abcdefgh/ijklmnop/", "GET"), Some("ten"));
+    assert_eq!(find(&r, "h", "/abcdefgh/", "GET"), Some("ten"));
+    assert_eq!(find(&r, "h", "/abcdefgh", "GET"), Some("eight"));
+    assert_eq!(find(&r, "h", "/abcdefgX/", "GET"), Some("eight"));
+    assert_eq!(find(&r, "h", "/abcdef", "GET"), Some("one"));
+    assert_eq!(find(&r, "h", "/", "GET"), Some("one"));
+    assert_eq!(find(&r, "h", "/abcdefgh/ijklmnoX/q", "GET"), Some("ten"));
+}
