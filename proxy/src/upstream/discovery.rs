@@ -70,6 +70,9 @@ pub struct ConfiguredBackends {
     resolved: Mutex<HashMap<String, Vec<SocketAddr>>>,
     /// Addresses the health check found down, per label.
     down: Mutex<HashMap<String, HashSet<SocketAddr>>>,
+    /// Every address in `down`, published for the request path: a pick reads it instead of
+    /// asking Pingora's `Backends::ready`, which hashes the backend twice (SipHash) per check.
+    down_now: ArcSwap<HashSet<SocketAddr>>,
     /// One info per label for as long as the label is configured, so its in-flight count and
     /// metric handles survive membership changes.
     infos: Mutex<HashMap<String, Arc<BackendInfo>>>,
@@ -100,8 +103,22 @@ impl ConfiguredBackends {
             lookup_timeout,
             resolved: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
+            down_now: ArcSwap::from_pointee(HashSet::new()),
             infos: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Addresses that failed their health check and have not passed it since. Pingora starts
+    /// every address healthy and reports each change, so an address not in here is ready.
+    pub fn down_now(&self) -> arc_swap::Guard<Arc<HashSet<SocketAddr>>> {
+        self.down_now.load()
+    }
+
+    fn publish_down(&self, down: &HashMap<String, HashSet<SocketAddr>>) {
+        let all: HashSet<SocketAddr> = down.values().flatten().copied().collect();
+        if *self.down_now.load_full() != all {
+            self.down_now.store(Arc::new(all));
+        }
     }
 
     /// The group these backends belong to.
@@ -184,8 +201,12 @@ impl ConfiguredBackends {
         } else {
             set.insert(addr);
         }
-        let addrs = resolved.get(label).map_or(&[][..], |v| v.as_slice());
-        addrs.is_empty() || addrs.iter().any(|a| !set.contains(a))
+        let up = {
+            let addrs = resolved.get(label).map_or(&[][..], |v| v.as_slice());
+            addrs.is_empty() || addrs.iter().any(|a| !set.contains(a))
+        };
+        self.publish_down(&down);
+        up
     }
 
     /// One discovery round: every configured backend with its current addresses. Names are
@@ -236,6 +257,7 @@ impl ConfiguredBackends {
             }
             true
         });
+        self.publish_down(&down);
         *resolved = current;
     }
 }
@@ -349,6 +371,28 @@ mod tests {
             vec![addr("10.0.0.1:9000"), addr("10.0.0.3:9000")],
         )]));
         assert_eq!(metrics.known_backend(GROUP, label).unwrap().up.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_published_down_set_follows_health_and_membership() {
+        let (b, _) = setup(vec![Some(vec![
+            addr("10.0.0.1:9000"),
+            addr("10.0.0.2:9000"),
+        ])]);
+        addresses(&b).await;
+        let label = "backend1:9000";
+        assert!(b.down_now().is_empty());
+        b.record_health(label, addr("10.0.0.2:9000"), false);
+        assert!(b.down_now().contains(&addr("10.0.0.2:9000")));
+        b.record_health(label, addr("10.0.0.2:9000"), true);
+        assert!(b.down_now().is_empty());
+        // An address the name no longer resolves to leaves the set with it.
+        b.record_health(label, addr("10.0.0.2:9000"), false);
+        b.settle_membership(HashMap::from([(
+            label.to_owned(),
+            vec![addr("10.0.0.1:9000")],
+        )]));
+        assert!(b.down_now().is_empty());
     }
 
     #[tokio::test]

@@ -147,12 +147,15 @@ impl Group {
         }
     }
 
-    /// A healthy backend not in `tried`, by the group's policy; `key` is the hash key's bytes
+    /// A healthy backend not in `tried`, by the group's policy (healthy: not in the group's
+    /// published down set, which mirrors Pingora's health without hashing per check); `key` is the hash key's bytes
     /// (only read by `hash` groups).
     pub fn pick(&self, tried: &[SocketAddr], key: &[u8]) -> Option<Pick> {
-        let backends = self.core.lb.backends();
-        let members = backends.get_backend();
-        let ready = |b: &pingora::lb::Backend| backends.ready(b);
+        let members = self.core.lb.backends().get_backend();
+        let down = self.core.backends.down_now();
+        let ready = |b: &pingora::lb::Backend| {
+            down.is_empty() || b.addr.as_inet().is_some_and(|a| !down.contains(a))
+        };
         match &*self.selector {
             Selector::RoundRobin(rr) => rr.pick(&members, ready, tried),
             Selector::LeastRequests(lr) => lr.pick(&members, ready, tried),
@@ -162,11 +165,14 @@ impl Group {
 
     /// Whether another attempt could go to a healthy backend `tried` does not hold.
     pub fn untried_left(&self, tried: &[SocketAddr]) -> bool {
-        let backends = self.core.lb.backends();
-        backends
+        let down = self.core.backends.down_now();
+        self.core
+            .lb
+            .backends()
             .get_backend()
             .iter()
-            .any(|b| backends.ready(b) && b.addr.as_inet().is_some_and(|a| !tried.contains(a)))
+            .filter_map(|b| b.addr.as_inet())
+            .any(|a| !down.contains(a) && !tried.contains(a))
     }
 
     /// The peer for one attempt at `addr`, with the group's timeouts.
