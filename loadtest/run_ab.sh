@@ -17,11 +17,28 @@
 #   graceful   SIGTERM to the proxy while /delay/1500 is in flight: that request completes with
 #              200, new connections are refused, and the proxy exits 0 within its drain time
 #              (grace_period_seconds + graceful_shutdown_timeout_seconds, + DRAIN_SLACK_MS).
-#   all        the four, back to back (each in its own process); non-zero if any failed.
+#   routes     the demo's upstream groups and routes (config/proxy.toml, config/docker.toml):
+#              the split: ROUTES_API_REQUESTS requests to /api/ with one X-Api-Key land on
+#              backend1 and backend2 only (group "api", least requests; both used),
+#              ROUTES_STATIC_REQUESTS to /static/ on backend3 only (group "static"), and
+#              ROUTES_DEFAULT_REQUESTS to / evenly on all three (group "default", round robin),
+#              each counted per route and backend (gateway_requests_total{route,backend});
+#              one /static/app.js request shows the prefix stripped (the backend echoes path
+#              /app.js and X-Forwarded-Prefix: /static). The quota of route "api" (20 per 10 s
+#              per X-Api-Key): a fresh key (unique per run) gets exactly 20 x 2xx and 5 x 429
+#              for 25 requests, each answered with RateLimit-Limit: 20; a second key right
+#              after has its own 20 (21 requests with ab -c ROUTES_QUOTA_CONCURRENCY: 20 x 2xx,
+#              1 x 429); and 3 requests without the header are under the route's quota keyed by
+#              the client IP (RateLimit-Limit: 20, RateLimit-Remaining 19, 18, 17), a budget
+#              that is never used up (a rerun needs no wait). Static and default requests spend
+#              the global limit (100 per 60 s, nothing exempt: an exempt client would skip the
+#              route quota too), so together they stay below it.
+#   all        the five, back to back (each in its own process); non-zero if any failed.
 #
 # Each scenario prints a table (sent, 2xx, 429, 5xx, other, failed, rps, per-backend split; the
-# counts come from the deltas of gateway_requests_total on the admin /metrics, failed and rps
-# from ab) and one line per check, then "RESULT <scenario>: PASS|FAIL".
+# counts come from the deltas of gateway_requests_total on the admin /metrics, in routes those of
+# one route per row; failed and rps from ab) and one line per check, then
+# "RESULT <scenario>: PASS|FAIL".
 # Exit status: 0 expectations met, 1 an expectation missed, 2 usage or setup error.
 #
 # Local mode (default): every scenario starts its own three mock backends and its own proxy
@@ -40,7 +57,10 @@
 # `backend2` with `docker compose kill backend2` mid-run and see the proxy mark it down while
 # the load runs; it is started again afterwards),
 # ratelimit restarts before each of its two runs, graceful sends SIGTERM with
-# `docker compose kill -s SIGTERM proxy`, reads the container's exit code and starts it again.
+# `docker compose kill -s SIGTERM proxy`, reads the container's exit code and starts it again,
+# routes uses config/docker.toml's groups and routes as they are and spends 46 of the host's
+# 100 (15 static, 30 default, the /static/app.js probe); its /api/ requests spend the route's
+# quota (per key, and 3 of the host IP's 20 per 10 s) instead.
 #
 # Settings (environment, defaults in brackets):
 #   PROFILE [debug]            debug or release: where the binaries are looked for and built
@@ -62,9 +82,15 @@
 #   COMPOSE_PROXY_URL [http://127.0.0.1:8080]  COMPOSE_ADMIN_URL [http://127.0.0.1:9091]
 #   COMPOSE_BACKENDS ["backend1 backend2 backend3"]  COMPOSE_BACKEND_PORT [9000]
 #   FAILOVER_SERVICE [backend2]  the compose service killed by failover
+#   ROUTES_API_REQUESTS [20]   /api/ requests of the split, one key (at most the quota, 20)
+#   ROUTES_STATIC_REQUESTS [30; 15]  ROUTES_DEFAULT_REQUESTS [60; 30]  the split's /static/ and
+#                              / requests (together with the probe at most the global 100);
+#                              the default route's share per backend allows BALANCE_TOLERANCE
+#   ROUTES_QUOTA_CONCURRENCY [5]  ab -c of the second key's 21 requests
 #
 # Examples:
 #   loadtest/run_ab.sh ratelimit
+#   loadtest/run_ab.sh routes
 #   loadtest/run_ab.sh all
 #   PROFILE=release loadtest/run_ab.sh failover
 #   loadtest/run_ab.sh all --compose
@@ -77,13 +103,13 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
 
-SCENARIOS=(balance ratelimit failover graceful)
+SCENARIOS=(balance ratelimit failover graceful routes)
 
 usage() {
     cat <<EOF
 usage: loadtest/run_ab.sh SCENARIO [--compose]
 
-SCENARIO: balance | ratelimit | failover | graceful | all
+SCENARIO: balance | ratelimit | failover | graceful | routes | all
 --compose: drive the docker-compose stack instead of starting local processes
 
 Settings are environment variables; see the comment at the top of $LOADTEST_DIR/run_ab.sh.
@@ -99,7 +125,7 @@ for arg in "$@"; do
         usage
         exit 0
         ;;
-    balance | ratelimit | failover | graceful | all)
+    balance | ratelimit | failover | graceful | routes | all)
         [[ -z $SCENARIO ]] || {
             usage >&2
             exit 2
@@ -139,18 +165,24 @@ COMPOSE_ADMIN_URL=${COMPOSE_ADMIN_URL:-http://127.0.0.1:9091}
 COMPOSE_BACKENDS=${COMPOSE_BACKENDS:-"backend1 backend2 backend3"}
 COMPOSE_BACKEND_PORT=${COMPOSE_BACKEND_PORT:-9000}
 FAILOVER_SERVICE=${FAILOVER_SERVICE:-backend2}
+ROUTES_API_REQUESTS=${ROUTES_API_REQUESTS:-20}
+ROUTES_QUOTA_CONCURRENCY=${ROUTES_QUOTA_CONCURRENCY:-5}
 if ((COMPOSE)); then
     READY_TIMEOUT_SECONDS=${READY_TIMEOUT_SECONDS:-120}
     BALANCE_REQUESTS=${BALANCE_REQUESTS:-90}
     FAILOVER_REQUESTS=${FAILOVER_REQUESTS:-90}
     FAILOVER_CONCURRENCY=${FAILOVER_CONCURRENCY:-3}
     FAILOVER_PATH=${FAILOVER_PATH:-/delay/200}
+    ROUTES_STATIC_REQUESTS=${ROUTES_STATIC_REQUESTS:-15}
+    ROUTES_DEFAULT_REQUESTS=${ROUTES_DEFAULT_REQUESTS:-30}
 else
     READY_TIMEOUT_SECONDS=${READY_TIMEOUT_SECONDS:-30}
     BALANCE_REQUESTS=${BALANCE_REQUESTS:-300}
     FAILOVER_REQUESTS=${FAILOVER_REQUESTS:-3000}
     FAILOVER_CONCURRENCY=${FAILOVER_CONCURRENCY:-6}
     FAILOVER_PATH=${FAILOVER_PATH:-/}
+    ROUTES_STATIC_REQUESTS=${ROUTES_STATIC_REQUESTS:-30}
+    ROUTES_DEFAULT_REQUESTS=${ROUTES_DEFAULT_REQUESTS:-60}
 fi
 FAILOVER_KILL_AFTER=${FAILOVER_KILL_AFTER:-$((FAILOVER_REQUESTS / 3))}
 GRACEFUL_GRACE_SECONDS=${GRACEFUL_GRACE_SECONDS:-1}
@@ -159,10 +191,18 @@ GRACEFUL_TIMEOUT_SECONDS=${GRACEFUL_TIMEOUT_SECONDS:-5}
 # The contract's default limit; ratelimit sends half as much again.
 RATE_LIMIT=100
 RATE_SENT=150
+# The quota of the demo's route "api" (config/proxy.toml, config/docker.toml): ROUTE_QUOTA
+# requests per ROUTE_QUOTA_WINDOW seconds per X-Api-Key; routes sends ROUTE_QUOTA_OVER more
+# with its first key, and ROUTES_NOKEY requests without one.
+ROUTE_QUOTA=20
+ROUTE_QUOTA_WINDOW=10
+ROUTE_QUOTA_OVER=5
+ROUTES_NOKEY=3
 
 for v in AB_TIMEOUT_SECONDS DRAIN_SLACK_MS BALANCE_REQUESTS BALANCE_CONCURRENCY BALANCE_TOLERANCE \
     FAILOVER_REQUESTS FAILOVER_CONCURRENCY FAILOVER_KILL_AFTER GRACEFUL_DELAY_MS \
-    GRACEFUL_GRACE_SECONDS GRACEFUL_TIMEOUT_SECONDS READY_TIMEOUT_SECONDS COMPOSE_BACKEND_PORT; do
+    GRACEFUL_GRACE_SECONDS GRACEFUL_TIMEOUT_SECONDS READY_TIMEOUT_SECONDS COMPOSE_BACKEND_PORT \
+    ROUTES_API_REQUESTS ROUTES_STATIC_REQUESTS ROUTES_DEFAULT_REQUESTS ROUTES_QUOTA_CONCURRENCY; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 for c in $RATELIMIT_CONCURRENCY; do
@@ -170,6 +210,13 @@ for c in $RATELIMIT_CONCURRENCY; do
 done
 ((BALANCE_REQUESTS > 0 && BALANCE_CONCURRENCY > 0 && FAILOVER_REQUESTS > 0 && FAILOVER_CONCURRENCY > 0)) ||
     die "request counts and concurrency must be at least 1"
+((ROUTES_API_REQUESTS > 0 && ROUTES_STATIC_REQUESTS > 0 && ROUTES_DEFAULT_REQUESTS > 0 && ROUTES_QUOTA_CONCURRENCY > 0)) ||
+    die "ROUTES_* request counts and concurrency must be at least 1"
+((ROUTES_API_REQUESTS <= ROUTE_QUOTA)) ||
+    die "ROUTES_API_REQUESTS must stay within the /api/ quota of one key ($ROUTE_QUOTA), not $ROUTES_API_REQUESTS"
+# The static and default routes (and the one /static/ probe) spend the global limit.
+((ROUTES_STATIC_REQUESTS + ROUTES_DEFAULT_REQUESTS + 1 <= RATE_LIMIT)) ||
+    die "ROUTES_STATIC_REQUESTS + ROUTES_DEFAULT_REQUESTS must stay below the global limit ($RATE_LIMIT, one request is the probe)"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -248,13 +295,24 @@ start_backends() {
     done
 }
 
-# write_config FILE LIMITER GRACE TIMEOUT: a proxy config for this run.
-#   LIMITER: "exempt" (loopback never limited) or "default" (the default 100 per 60 s).
-write_config() {
-    local file=$1 limiter=$2 grace=$3 timeout=$4 b list=""
-    for b in "${BACKEND_LABELS[@]}"; do
+# toml_list LABEL...: a TOML list of strings ("a", "b").
+toml_list() {
+    local b list=""
+    for b in "$@"; do
         list+="${list:+, }\"$b\""
     done
+    printf '%s\n' "$list"
+}
+
+# write_config FILE LIMITER GRACE TIMEOUT: a proxy config for this run.
+#   LIMITER: "exempt" (loopback never limited), "default" (the default 100 per 60 s) or
+#   "routes" (the default limit, and the demo's groups and routes of config/proxy.toml: "api" =
+#   backend1 + backend2, least requests, for /api/ with a quota of ROUTE_QUOTA per
+#   ROUTE_QUOTA_WINDOW s per X-Api-Key; "static" = backend3 for /static/, prefix stripped;
+#   everything else to "default", all three).
+write_config() {
+    local file=$1 limiter=$2 grace=$3 timeout=$4 list
+    list=$(toml_list "${BACKEND_LABELS[@]}")
     {
         printf '# Generated by loadtest/run_ab.sh %s (instance %s).\n\n' "$SCENARIO" "$PROXY_INSTANCE"
         printf '[server]\nlisten = "127.0.0.1:%s"\nthreads = 2\n' "$PROXY_PORT"
@@ -266,6 +324,17 @@ write_config() {
         printf '# Far above what a probe needs: a slow probe on a loaded machine must not take a live\n'
         printf '# backend out of rotation (and spoil an exact split). A killed one is refused at once.\n'
         printf 'timeout_ms = 2000\n\n'
+        if [[ $limiter == routes ]]; then
+            printf '[upstreams.api]\nbackends = [%s]\nbalance = "least_requests"\n\n' \
+                "$(toml_list "${BACKEND_LABELS[0]}" "${BACKEND_LABELS[1]}")"
+            printf '[upstreams.static]\nbackends = [%s]\n\n' "$(toml_list "${BACKEND_LABELS[2]}")"
+            printf '[[routes]]\nname = "api"\npath_prefix = "/api/"\nupstream = "api"\n'
+            printf 'rate_limit = { requests = %s, window_seconds = %s, key = "header:X-Api-Key" }\n' \
+                "$ROUTE_QUOTA" "$ROUTE_QUOTA_WINDOW"
+            printf 'headers = { response = { "X-Route" = "api" } }\n\n'
+            printf '[[routes]]\nname = "static"\npath_prefix = "/static/"\nupstream = "static"\nstrip_prefix = true\n\n'
+            printf '[[routes]]\nname = "default"\nupstream = "default"\n\n'
+        fi
         printf '[rate_limit]\n'
         if [[ $limiter == exempt ]]; then
             printf '# The load generator is on loopback: never limited, so volume is not throttled.\n'
@@ -366,7 +435,7 @@ toml_int() {
 # ---- either ---------------------------------------------------------------------------------
 
 # stack_up LIMITER GRACE TIMEOUT: backends (once) and a fresh proxy; with --compose a restarted
-# proxy container (the compose config decides the limiter and drain settings).
+# proxy container (the compose config decides the limiter, drain settings, groups and routes).
 stack_up() {
     if ((COMPOSE)); then
         compose_fresh_proxy
@@ -738,6 +807,258 @@ scenario_graceful() {
         compose_restore_proxy || warn "could not start the proxy container again"
         compose_wait_ready "${#BACKEND_LABELS[@]}"
     fi
+}
+
+# ---- routes ---------------------------------------------------------------------------------
+
+# delta_route BEFORE AFTER ROUTE: `delta` over one route's requests: the gateway_requests_total
+# samples labelled route="ROUTE" (both scrapes filtered into FILE.ROUTE). D_RETRIES and D_LIMITED
+# are not per route and read 0.
+delta_route() {
+    local f
+    for f in "$1" "$2"; do
+        awk -v want="route=\"$3\"" 'index($0, "gateway_requests_total{") == 1 &&
+            (index($0, "{" want ",") || index($0, "," want ",") || index($0, "," want "}") || index($0, "{" want "}"))' \
+            "$f" >"$f.$3"
+    done
+    delta "$1.$3" "$2.$3"
+}
+
+# header_value FILE NAME: the value of header NAME (any case) in a `curl -D` dump; empty when
+# absent.
+header_value() {
+    local want
+    want=$(tr '[:upper:]' '[:lower:]' <<<"$2")
+    tr -d '\r' <"$1" | awk -v want="$want:" \
+        'tolower(substr($0, 1, length(want))) == want { sub(/^[^:]*:[ \t]*/, ""); print; exit }'
+}
+
+# api_burst KEY N OUT: N requests to /api/x one after another, with `X-Api-Key: KEY` (without the
+# header when KEY is empty). One line per request in OUT: status RateLimit-Limit
+# RateLimit-Remaining Retry-After X-Route X-Upstream ("-" for a header that is absent). The
+# headers are read after the last request, so the burst takes little of the quota's window;
+# BURST_MS is how long it took.
+BURST_MS=0
+api_burst() {
+    local key=$1 n=$2 out=$3 i t0 name v line codes=() args=()
+    [[ -n $key ]] && args+=(-H "X-Api-Key: $key")
+    t0=$(now_ms)
+    for ((i = 0; i < n; i++)); do
+        : >"$out.$i.headers"
+        codes+=("$(http_code "$PROXY_URL/api/x" -D "$out.$i.headers" ${args[@]+"${args[@]}"})")
+    done
+    BURST_MS=$(($(now_ms) - t0))
+    : >"$out"
+    for ((i = 0; i < n; i++)); do
+        line=${codes[i]:-000}
+        for name in RateLimit-Limit RateLimit-Remaining Retry-After X-Route X-Upstream; do
+            v=$(header_value "$out.$i.headers" "$name")
+            line+=" ${v:--}"
+        done
+        printf '%s\n' "$line" >>"$out"
+    done
+}
+
+# burst_count FILE AWK_CONDITION: lines of an api_burst file that meet the condition ($1 status,
+# $2 limit, $3 remaining, $4 Retry-After, $5 X-Route, $6 X-Upstream).
+burst_count() {
+    awk "$2 { n++ } END { printf \"%d\\n\", n }" "$1"
+}
+
+# burst_remaining FILE: RateLimit-Remaining of the 2xx answers, in order, space-separated.
+burst_remaining() {
+    awk '$1 ~ /^2/ { printf "%s%s", sep, $3; sep = " " } END { print "" }' "$1"
+}
+
+# burst_summary FILE: an api_burst file in one line: runs of one status with their RateLimit-Limit
+# and the first and last RateLimit-Remaining (and Retry-After on 429).
+burst_summary() {
+    awk 'function flush() {
+            if (!n) return
+            printf "%s%d x %s (RateLimit-Limit %s, Remaining %s", sep, n, st, lim, r0
+            if (n > 1) printf "..%s", r1
+            if (st == 429) { printf ", Retry-After %s", a0; if (n > 1) printf "..%s", a1 }
+            printf ")"
+            sep = ", "
+        }
+        $1 != st || $2 != lim { flush(); n = 0; st = $1; lim = $2; r0 = $3; a0 = $4 }
+        { n++; r1 = $3; a1 = $4 }
+        END { flush(); print "" }' "$1"
+}
+
+# countdown FROM N: "FROM FROM-1 ..." (N numbers).
+countdown() {
+    local i out=""
+    for ((i = 0; i < $2; i++)); do out+="${out:+ }$(($1 - i))"; done
+    printf '%s\n' "$out"
+}
+
+# The split first (ab: one key on /api/, then /static/ and /), a probe of /static/, then the
+# quota of route "api" (a fresh key request by request, a second key with ab, no key). Every
+# row counts one route's requests from the deltas of gateway_requests_total{route=...}.
+scenario_routes() {
+    local n_api=$ROUTES_API_REQUESTS n_static=$ROUTES_STATIC_REQUESTS n_default=$ROUTES_DEFAULT_REQUESTS
+    local quota=$ROUTE_QUOTA over=$ROUTE_QUOTA_OVER nokey=$ROUTES_NOKEY c=$ROUTES_QUOTA_CONCURRENCY
+    local run key_split key_a key_b rows=() i live lo hi
+    # Unique per run: a rerun within the quota window never meets a spent key.
+    run=$$-$(now_ms)
+    key_split=run-ab-split-$run key_a=run-ab-a-$run key_b=run-ab-b-$run
+    stack_up routes 0 1
+    live=${#BACKEND_LABELS[@]}
+    ((live == 3)) || die "routes needs three backends (backend1 and backend2 for /api/, backend3 for /static/), not $live"
+    scenario_title "/api/ -> ${BACKEND_NAMES[0]}+${BACKEND_NAMES[1]} (quota $quota per ${ROUTE_QUOTA_WINDOW} s per X-Api-Key), /static/ -> ${BACKEND_NAMES[2]} (prefix stripped), rest -> all three"
+    show_backends
+
+    # -- The split: one ab run per route.
+    local api_rc api_complete api_failed api_non2xx api_total api_2xx api_other api_b1 api_b2 api_b3 api_stray
+    scrape "$ADMIN_URL" "$WORK_DIR/m0"
+    run_ab "$WORK_DIR/routes.api.ab" -n "$n_api" -c 1 -H "X-Api-Key: $key_split" "$PROXY_URL/api/orders"
+    scrape_settled "$ADMIN_URL" "$WORK_DIR/m1" "$(requests_total "$WORK_DIR/m0")" "$n_api"
+    delta_route "$WORK_DIR/m0" "$WORK_DIR/m1" api
+    rows+=("$(table_row "api, one key" "$n_api" "$AB_FAILED" "$AB_RPS")")
+    api_rc=$AB_RC api_complete=$AB_COMPLETE api_failed=$AB_FAILED api_non2xx=$AB_NON2XX
+    api_total=$D_TOTAL api_2xx=$D_2XX api_other=$((D_429 + D_5XX + D_OTHER))
+    api_b1=${D_BACKEND[0]:-0} api_b2=${D_BACKEND[1]:-0} api_b3=${D_BACKEND[2]:-0}
+    api_stray=$((D_NONE + D_UNLISTED))
+
+    local st_rc st_complete st_failed st_non2xx st_total st_2xx st_other st_b1 st_b2 st_b3 st_stray
+    run_ab "$WORK_DIR/routes.static.ab" -n "$n_static" -c 1 "$PROXY_URL/static/app.js"
+    scrape_settled "$ADMIN_URL" "$WORK_DIR/m2" "$(requests_total "$WORK_DIR/m1")" "$n_static"
+    delta_route "$WORK_DIR/m1" "$WORK_DIR/m2" static
+    rows+=("$(table_row "static" "$n_static" "$AB_FAILED" "$AB_RPS")")
+    st_rc=$AB_RC st_complete=$AB_COMPLETE st_failed=$AB_FAILED st_non2xx=$AB_NON2XX
+    st_total=$D_TOTAL st_2xx=$D_2XX st_other=$((D_429 + D_5XX + D_OTHER))
+    st_b1=${D_BACKEND[0]:-0} st_b2=${D_BACKEND[1]:-0} st_b3=${D_BACKEND[2]:-0}
+    st_stray=$((D_NONE + D_UNLISTED))
+
+    local df_rc df_complete df_failed df_non2xx df_total df_2xx df_other df_b=() df_stray
+    run_ab "$WORK_DIR/routes.default.ab" -n "$n_default" -c 1 "$PROXY_URL/"
+    scrape_settled "$ADMIN_URL" "$WORK_DIR/m3" "$(requests_total "$WORK_DIR/m2")" "$n_default"
+    delta_route "$WORK_DIR/m2" "$WORK_DIR/m3" default
+    rows+=("$(table_row "default" "$n_default" "$AB_FAILED" "$AB_RPS")")
+    df_rc=$AB_RC df_complete=$AB_COMPLETE df_failed=$AB_FAILED df_non2xx=$AB_NON2XX
+    df_total=$D_TOTAL df_2xx=$D_2XX df_other=$((D_429 + D_5XX + D_OTHER))
+    df_b=("${D_BACKEND[@]}")
+    df_stray=$((D_NONE + D_UNLISTED))
+
+    # -- What a /static/ request looks like upstream: the echo of the backend that answered.
+    local probe_code probe_backend probe_path probe_prefix probe_limit
+    : >"$WORK_DIR/static.headers"
+    probe_code=$(curl -s -o "$WORK_DIR/static.body" -D "$WORK_DIR/static.headers" -w '%{http_code}' \
+        --max-time 5 "$PROXY_URL/static/app.js?v=1" 2>/dev/null) || true
+    read -r probe_backend probe_path probe_prefix <<<"$(python3 -c '
+import json, sys
+try:
+    d = json.load(open(sys.argv[1], encoding="utf-8"))
+    h = {k.lower(): v for k, v in d.get("headers", {}).items()}
+    print(d.get("backend") or "-", d.get("path") or "-", h.get("x-forwarded-prefix") or "-")
+except (OSError, ValueError, AttributeError):
+    print("- - -")' "$WORK_DIR/static.body")"
+    probe_limit=$(header_value "$WORK_DIR/static.headers" RateLimit-Limit)
+
+    # -- The quota of route "api": a fresh key request by request, then a second key with ab.
+    local qa_total qa_2xx qa_429 qa_other qb_rc qb_complete qb_failed qb_non2xx qb_total qb_2xx qb_429 qb_other
+    local nk_total nk_2xx nk_other limited burst_a_ms
+    scrape "$ADMIN_URL" "$WORK_DIR/q0"
+    api_burst "$key_a" $((quota + over)) "$WORK_DIR/burst.a"
+    burst_a_ms=$BURST_MS
+    scrape_settled "$ADMIN_URL" "$WORK_DIR/q1" "$(requests_total "$WORK_DIR/q0")" $((quota + over))
+    delta_route "$WORK_DIR/q0" "$WORK_DIR/q1" api
+    rows+=("$(table_row "api, key A" $((quota + over)) - -)")
+    qa_total=$D_TOTAL qa_2xx=$D_2XX qa_429=$D_429 qa_other=$((D_5XX + D_OTHER))
+
+    run_ab "$WORK_DIR/routes.keyb.ab" -n $((quota + 1)) -c "$c" -H "X-Api-Key: $key_b" "$PROXY_URL/api/x"
+    scrape_settled "$ADMIN_URL" "$WORK_DIR/q2" "$(requests_total "$WORK_DIR/q1")" $((quota + 1))
+    delta_route "$WORK_DIR/q1" "$WORK_DIR/q2" api
+    rows+=("$(table_row "api, key B (-c $c)" $((quota + 1)) "$AB_FAILED" "$AB_RPS")")
+    qb_rc=$AB_RC qb_complete=$AB_COMPLETE qb_failed=$AB_FAILED qb_non2xx=$AB_NON2XX
+    qb_total=$D_TOTAL qb_2xx=$D_2XX qb_429=$D_429 qb_other=$((D_5XX + D_OTHER))
+
+    # Without the header: the route's quota keyed by the client IP. A few only, never all of it
+    # (with --compose every host request is one IP).
+    api_burst "" "$nokey" "$WORK_DIR/burst.nokey"
+    scrape_settled "$ADMIN_URL" "$WORK_DIR/q3" "$(requests_total "$WORK_DIR/q2")" "$nokey"
+    delta_route "$WORK_DIR/q2" "$WORK_DIR/q3" api
+    rows+=("$(table_row "api, no key" "$nokey" - -)")
+    nk_total=$D_TOTAL nk_2xx=$D_2XX nk_other=$((D_429 + D_5XX + D_OTHER))
+    delta "$WORK_DIR/q0" "$WORK_DIR/q3"
+    limited=$D_LIMITED
+
+    table_header
+    printf '%s\n' "${rows[@]}"
+    say "keys: split $key_split, A $key_a, B $key_b"
+    say "GET /static/app.js?v=1: status $probe_code from ${probe_backend}, which saw path $probe_path and X-Forwarded-Prefix $probe_prefix; RateLimit-Limit ${probe_limit:--} (the global limit)"
+    say "key A, request by request ($(secs "$burst_a_ms") s): $(burst_summary "$WORK_DIR/burst.a")"
+    say "no key, request by request: $(burst_summary "$WORK_DIR/burst.nokey")"
+
+    say " /api/, one key (ab -c 1):"
+    AB_RC=$api_rc AB_COMPLETE=$api_complete AB_FAILED=$api_failed
+    expect_ab_clean "$n_api"
+    expect_eq "ab non-2xx responses" "$api_non2xx" 0
+    expect_eq "requests counted on route api" "$api_total" "$n_api"
+    expect_eq "2xx" "$api_2xx" "$n_api"
+    expect_true "both ${BACKEND_NAMES[0]} and ${BACKEND_NAMES[1]} used" $((api_b1 > 0 && api_b2 > 0 ? 0 : 1)) "$api_b1 and $api_b2"
+    expect_eq "answered by ${BACKEND_NAMES[0]} or ${BACKEND_NAMES[1]}" $((api_b1 + api_b2)) "$n_api"
+    expect_eq "answered by ${BACKEND_NAMES[2]}, no backend or an unlisted one" $((api_b3 + api_stray)) 0
+    expect_eq "429, 5xx and other statuses" "$api_other" 0
+    say " /static/ (ab -c 1):"
+    AB_RC=$st_rc AB_COMPLETE=$st_complete AB_FAILED=$st_failed
+    expect_ab_clean "$n_static"
+    expect_eq "ab non-2xx responses" "$st_non2xx" 0
+    expect_eq "requests counted on route static" "$st_total" "$n_static"
+    expect_eq "2xx" "$st_2xx" "$n_static"
+    expect_eq "answered by ${BACKEND_NAMES[2]}" "$st_b3" "$n_static"
+    expect_eq "answered by another backend, none or an unlisted one" $((st_b1 + st_b2 + st_stray)) 0
+    expect_eq "429, 5xx and other statuses" "$st_other" 0
+    say " / (ab -c 1):"
+    AB_RC=$df_rc AB_COMPLETE=$df_complete AB_FAILED=$df_failed
+    expect_ab_clean "$n_default"
+    expect_eq "ab non-2xx responses" "$df_non2xx" 0
+    expect_eq "requests counted on route default" "$df_total" "$n_default"
+    expect_eq "2xx" "$df_2xx" "$n_default"
+    lo=$((n_default / live - BALANCE_TOLERANCE))
+    hi=$(((n_default + live - 1) / live + BALANCE_TOLERANCE))
+    for i in "${!BACKEND_LABELS[@]}"; do
+        expect_range "${BACKEND_NAMES[i]} share" "${df_b[i]:-0}" "$lo" "$hi"
+    done
+    expect_eq "answered by no backend or an unlisted one" "$df_stray" 0
+    expect_eq "429, 5xx and other statuses" "$df_other" 0
+    say " GET /static/app.js?v=1 (strip_prefix):"
+    expect_eq "status" "$probe_code" 200
+    expect_eq "answered by" "$probe_backend" "${BACKEND_NAMES[2]}"
+    expect_eq "path the backend saw" "$probe_path" /app.js
+    expect_eq "X-Forwarded-Prefix the backend saw" "$probe_prefix" /static
+    expect_eq "RateLimit-Limit (no route quota: the global limit)" "${probe_limit:--}" "$RATE_LIMIT"
+    say " key A, $((quota + over)) requests one by one (curl):"
+    expect_eq "2xx" "$(burst_count "$WORK_DIR/burst.a" '$1 ~ /^2/')" "$quota"
+    expect_eq "429" "$(burst_count "$WORK_DIR/burst.a" '$1 == 429')" "$over"
+    expect_eq "requests counted on route api" "$qa_total" $((quota + over))
+    expect_eq "2xx counted" "$qa_2xx" "$quota"
+    expect_eq "429 counted" "$qa_429" "$over"
+    expect_eq "5xx and other statuses" "$qa_other" 0
+    expect_eq "answers with RateLimit-Limit $quota" "$(burst_count "$WORK_DIR/burst.a" "\$2 == $quota")" $((quota + over))
+    expect_eq "RateLimit-Remaining of the 2xx" "$(burst_remaining "$WORK_DIR/burst.a")" "$(countdown $((quota - 1)) "$quota")"
+    expect_eq "429 with a Retry-After of at least 1 s" \
+        "$(burst_count "$WORK_DIR/burst.a" '$1 == 429 && $4 ~ /^[0-9]+$/ && $4 >= 1')" "$over"
+    expect_eq "X-Route of the first answer" "$(awk '{ print $5; exit }' "$WORK_DIR/burst.a")" api
+    expect_true "sent within the quota window (${ROUTE_QUOTA_WINDOW} s)" $((burst_a_ms < ROUTE_QUOTA_WINDOW * 1000 ? 0 : 1)) \
+        "took $(secs "$burst_a_ms") s: a window slid by, so the counts above cannot hold"
+    say " key B right after, $((quota + 1)) requests (ab -c $c):"
+    AB_RC=$qb_rc AB_COMPLETE=$qb_complete AB_FAILED=$qb_failed
+    expect_ab_clean $((quota + 1))
+    expect_eq "ab non-2xx responses" "$qb_non2xx" 1
+    expect_eq "requests counted on route api" "$qb_total" $((quota + 1))
+    expect_eq "2xx counted (its own $quota)" "$qb_2xx" "$quota"
+    expect_eq "429 counted" "$qb_429" 1
+    expect_eq "5xx and other statuses" "$qb_other" 0
+    say " no X-Api-Key, $nokey requests (curl; the route's quota, keyed by the client IP):"
+    expect_eq "requests counted on route api" "$nk_total" "$nokey"
+    expect_eq "2xx counted" "$nk_2xx" "$nokey"
+    expect_eq "429, 5xx and other statuses" "$nk_other" 0
+    expect_eq "answers with RateLimit-Limit $quota" "$(burst_count "$WORK_DIR/burst.nokey" "\$2 == $quota")" "$nokey"
+    expect_eq "RateLimit-Remaining" "$(burst_remaining "$WORK_DIR/burst.nokey")" "$(countdown $((quota - 1)) "$nokey")"
+    say " the limiter:"
+    expect_eq "gateway_rate_limited_total increase" "$limited" $((over + 1))
 }
 
 # ---------------------------------------------------------------------------------------------
