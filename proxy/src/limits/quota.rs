@@ -1,7 +1,6 @@
 //! A quota: one rate-limit policy (the global `[rate_limit]`, or a route's own) with its
 //! limiter, whose budget a request spends, and its header values formatted once.
 
-use std::hash::RandomState;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -21,8 +20,6 @@ pub struct Quota {
     /// `RateLimit-Limit` value, formatted once.
     pub limit_header: HeaderValue,
     numbers: Arc<Numbers>,
-    /// Seeds the hash of header keys (API keys are not kept in memory as they are).
-    token_seed: RandomState,
 }
 
 impl Quota {
@@ -44,7 +41,6 @@ impl Quota {
             limit_header: HeaderValue::from(limits.requests),
             key,
             numbers,
-            token_seed: kept.map(|p| p.token_seed.clone()).unwrap_or_default(),
         }
     }
 
@@ -53,7 +49,7 @@ impl Quota {
     pub fn key_for(&self, req: &RequestHeader, client: IpAddr) -> ClientKey {
         if let QuotaKey::Header(name) = &self.key {
             if let Some(v) = req.headers.get(name).filter(|v| !v.is_empty()) {
-                return ClientKey::from_token(v.as_bytes(), &self.token_seed);
+                return ClientKey::from_token(v.as_bytes());
             }
         }
         ClientKey::from_ip(client)

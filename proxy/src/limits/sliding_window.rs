@@ -44,17 +44,24 @@ impl ClientKey {
         }
     }
 
-    /// A token's key: two differently seeded 64-bit hashes of `value` under `seed`'s random
-    /// keys, so neither a collision nor the secret can be aimed at or read back.
-    pub fn from_token(value: &[u8], seed: &std::hash::RandomState) -> Self {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let half = |tag: u8| {
-            let mut h = seed.build_hasher();
-            tag.hash(&mut h);
-            value.hash(&mut h);
-            h.finish()
-        };
-        ClientKey::Token((u128::from(half(1)) << 64) | u128::from(half(2)))
+    /// A token's key (an API key, say): the first 128 bits of its SHA-256, the same in every
+    /// replica (a shared store counts it once), and neither the secret nor a collision with
+    /// another token can be read back or aimed at.
+    pub fn from_token(value: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(value);
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        ClientKey::Token(u128::from_be_bytes(first))
+    }
+
+    /// The key as a shared store names it: `ip:1.2.3.4`, `ip:2001:db8::/64`, `key:<32 hex>`.
+    pub fn store_name(&self) -> String {
+        match self {
+            ClientKey::Ip(IpAddr::V4(v4)) => format!("ip:{v4}"),
+            ClientKey::Ip(IpAddr::V6(v6)) => format!("ip:{v6}/64"),
+            ClientKey::Token(t) => format!("key:{t:032x}"),
+        }
     }
 
     fn bits(&self) -> u128 {
@@ -219,21 +226,51 @@ fn decide(w: &mut Window, now_ms: u64, limit: u32, window_ms: u64) -> Decision {
     roll(w, now_ms, window_ms);
     let left_of_window = window_ms - elapsed_in(w, now_ms, window_ms);
     // Weighted count in units of 1/window_ms requests, exact in integers.
-    let weighted = |curr: u32| -> u128 {
-        w.prev as u128 * left_of_window as u128 + curr as u128 * window_ms as u128
-    };
-    let budget = limit as u128 * window_ms as u128;
-    let allowed = weighted(w.curr + 1) <= budget;
+    let weighted =
+        w.prev as u128 * left_of_window as u128 + (w.curr as u128 + 1) * window_ms as u128;
+    let allowed = weighted <= limit as u128 * window_ms as u128;
     if allowed {
         w.curr += 1;
     }
-    let used = weighted(w.curr).div_ceil(window_ms as u128);
+    describe(
+        WindowState {
+            prev: w.prev,
+            curr: w.curr,
+            elapsed_ms: elapsed_in(w, now_ms, window_ms),
+        },
+        allowed,
+        limit,
+        window_ms,
+    )
+}
+
+/// A client's window after a decision, as a store reports it: the counts and how far into the
+/// current window the decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowState {
+    pub prev: u32,
+    pub curr: u32,
+    pub elapsed_ms: u64,
+}
+
+/// The headers' numbers for a decision: one function for every store, so a shared store gives
+/// exactly the numbers this process would.
+pub fn describe(state: WindowState, allowed: bool, limit: u32, window_ms: u64) -> Decision {
+    let w = Window {
+        start_ms: 0,
+        prev: state.prev,
+        curr: state.curr,
+    };
+    let now_ms = state.elapsed_ms.min(window_ms);
+    let left_of_window = window_ms - now_ms;
+    let weighted = w.prev as u128 * left_of_window as u128 + w.curr as u128 * window_ms as u128;
+    let used = weighted.div_ceil(window_ms as u128);
     let remaining = (limit as u128).saturating_sub(used) as u32;
     let reset_secs = left_of_window.div_ceil(1000).max(1);
     let retry_after_secs = if allowed {
         0
     } else {
-        retry_after_ms(w, now_ms, limit, window_ms)
+        retry_after_ms(&w, now_ms, limit, window_ms)
             .div_ceil(1000)
             .clamp(1, (2 * window_ms).div_ceil(1000))
     };
