@@ -8,7 +8,7 @@ means "from zero". Prints one line of integers, separated by spaces:
 
   total 2xx 429 5xx other retries rate_limited none unlisted COUNT(LABEL)...
 
-- total, 2xx, 429, 5xx, other: requests counted by gateway_requests_total{backend,method,status},
+- total, 2xx, 429, 5xx, other: requests counted by gateway_requests_total{route,backend,method,status},
   summed over method and backend and split by status (other = anything else, e.g. 499 or 404);
 - retries: gateway_upstream_retries_total summed over backend;
 - rate_limited: gateway_rate_limited_total;
