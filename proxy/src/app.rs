@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::gateway::downstream::{ConnectionBounds, DownstreamApp};
 use crate::gateway::live::Live;
 use crate::gateway::Gateway;
+use crate::limits::shared_store::{SharedStore, StoreConnector, StoreMetrics};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::ops::admin::{AdminApp, AdminServer};
@@ -92,11 +93,21 @@ pub fn build(
     let (supervisor, group_starter) = GroupSupervisor::new(plan.started);
     let groups = background_service("upstream groups: discovery and health checks", supervisor);
 
+    let store = settings.rate_limit.redis.clone().map(|redis| {
+        SharedStore::new(
+            redis,
+            StoreMetrics {
+                errors: metrics.store_errors.clone(),
+                seconds: metrics.store_seconds.clone(),
+            },
+        )
+    });
     let settings = Arc::new(settings);
     let live = Arc::new(ArcSwap::from_pointee(Live::new(
         settings.clone(),
         plan.cores,
         &metrics,
+        store.as_ref(),
         None,
     )));
     let draining = Arc::new(AtomicBool::new(false));
@@ -123,6 +134,7 @@ pub fn build(
                 draining: draining.clone(),
                 live: live.clone(),
                 listen_probe: crate::ops::admin::probe_address(settings.server.listen[0]),
+                store: store.clone(),
                 accepting: AtomicBool::new(false),
             },
         ),
@@ -135,6 +147,7 @@ pub fn build(
             live,
             metrics: metrics.clone(),
             groups: group_starter,
+            store: store.clone(),
             pending: run.pending_reload,
         },
     );
@@ -155,6 +168,12 @@ pub fn build(
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&upstream);
     server.add_service(reloader);
+    if let Some(store) = &store {
+        server.add_service(background_service(
+            "rate-limit store connection",
+            StoreConnector(store.clone()),
+        ));
+    }
     server.add_service(drain);
     let signals = ShutdownSignals {
         draining,

@@ -276,6 +276,32 @@ pub struct FileRateLimit {
     pub exempt: Vec<String>,
     pub max_clients: usize,
     pub max_inflight_per_client: u32,
+    /// "local" or "redis".
+    pub store: String,
+    /// "legacy", "ietf", "both" or "none".
+    pub headers: String,
+    pub redis: FileRedis,
+}
+
+/// `[rate_limit.redis]`: the shared store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileRedis {
+    pub url: String,
+    pub timeout_ms: u64,
+    pub on_error: String,
+    pub key_prefix: String,
+}
+
+impl Default for FileRedis {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            timeout_ms: 20,
+            on_error: "local".into(),
+            key_prefix: "gateway:rl:".into(),
+        }
+    }
 }
 
 impl Default for FileRateLimit {
@@ -288,6 +314,9 @@ impl Default for FileRateLimit {
             exempt: Vec::new(),
             max_clients: 100_000,
             max_inflight_per_client: 0,
+            store: "local".into(),
+            headers: "both".into(),
+            redis: FileRedis::default(),
         }
     }
 }

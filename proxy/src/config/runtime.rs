@@ -170,6 +170,51 @@ pub struct RateLimitSettings {
     pub max_clients: NonZeroUsize,
     /// 0 = no cap.
     pub max_inflight_per_client: u32,
+    /// `None`: this instance's own limiter; `Some`: shared by every replica through Redis.
+    pub redis: Option<RedisSettings>,
+    pub headers: RateLimitHeaders,
+}
+
+/// `store = "redis"` and `[rate_limit.redis]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Longest wait for one check; beyond it `on_error` applies.
+    pub timeout: Duration,
+    pub on_error: OnStoreError,
+    pub key_prefix: String,
+}
+
+/// What a check does when the shared store is down, slow or answers an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// This instance's exact limiter decides until the store is back.
+    Local,
+    /// The request is let through (no rate-limit headers).
+    Allow,
+    /// 429 with `Retry-After: 1`.
+    Deny,
+}
+
+/// Which rate-limit header fields responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitHeaders {
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+    Legacy,
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+    Ietf,
+    Both,
+    None,
+}
+
+impl RateLimitHeaders {
+    pub fn legacy(self) -> bool {
+        matches!(self, RateLimitHeaders::Legacy | RateLimitHeaders::Both)
+    }
+
+    pub fn ietf(self) -> bool {
+        matches!(self, RateLimitHeaders::Ietf | RateLimitHeaders::Both)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -36,6 +36,26 @@ pub fn validate(file: FileConfig) -> Result<Settings, Invalid> {
         )?));
     }
     let routes = validate_routes(file.routes, &groups)?;
+    let rate_limit = validate_rate_limit(file.rate_limit)?;
+    if rate_limit.redis.is_some() {
+        let budget = |requests: u32, window: Duration| requests as u128 * window.as_millis();
+        if budget(rate_limit.requests.get(), rate_limit.window) > MAX_SHARED_BUDGET {
+            return Err(invalid(
+                "rate_limit.requests",
+                "requests x window_seconds x 1000 must stay below 2^53 with store = \"redis\"",
+            ));
+        }
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(q) = &r.rate_limit {
+                if budget(q.requests.get(), q.window) > MAX_SHARED_BUDGET {
+                    return Err(invalid(
+                        &format!("routes[{i}].rate_limit.requests"),
+                        "requests x window_seconds x 1000 must stay below 2^53 with store = \"redis\"",
+                    ));
+                }
+            }
+        }
+    }
     if routes.is_empty() && upstream.default_group.backends.is_empty() {
         return Err(invalid(
             "upstream.backends",
@@ -63,7 +83,7 @@ pub fn validate(file: FileConfig) -> Result<Settings, Invalid> {
         upstream,
         groups,
         routes,
-        rate_limit: validate_rate_limit(file.rate_limit)?,
+        rate_limit,
         headers: HeaderSettings {
             request: validate_headers("headers.request", file.headers.request)?,
             response: validate_headers("headers.response", file.headers.response)?,
@@ -518,6 +538,28 @@ fn validate_rate_limit(r: FileRateLimit) -> Result<RateLimitSettings, Invalid> {
     }
     let max_clients = NonZeroUsize::new(r.max_clients)
         .ok_or_else(|| invalid("rate_limit.max_clients", "must be at least 1"))?;
+    let headers = match r.headers.as_str() {
+        "legacy" => RateLimitHeaders::Legacy,
+        "ietf" => RateLimitHeaders::Ietf,
+        "both" => RateLimitHeaders::Both,
+        "none" => RateLimitHeaders::None,
+        other => {
+            return Err(invalid(
+                "rate_limit.headers",
+                format!("\"{other}\" is not legacy, ietf, both or none"),
+            ))
+        }
+    };
+    let redis = match r.store.as_str() {
+        "local" => None,
+        "redis" => Some(validate_redis(r.redis)?),
+        other => {
+            return Err(invalid(
+                "rate_limit.store",
+                format!("\"{other}\" is not local or redis"),
+            ))
+        }
+    };
     Ok(RateLimitSettings {
         enabled: r.enabled,
         requests,
@@ -526,8 +568,61 @@ fn validate_rate_limit(r: FileRateLimit) -> Result<RateLimitSettings, Invalid> {
         exempt: parse_cidrs("rate_limit.exempt", &r.exempt)?,
         max_clients,
         max_inflight_per_client: r.max_inflight_per_client,
+        redis,
+        headers,
     })
 }
+
+fn validate_redis(r: FileRedis) -> Result<RedisSettings, Invalid> {
+    // Parsed only (nothing connects): `-t` works where Redis is not reachable.
+    if let Err(e) = redis::Client::open(r.url.as_str()) {
+        return Err(invalid(
+            "rate_limit.redis.url",
+            format!(
+                "\"{}\" is not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/0",
+                r.url
+            ),
+        ));
+    }
+    if r.timeout_ms == 0 || r.timeout_ms > 10_000 {
+        return Err(invalid(
+            "rate_limit.redis.timeout_ms",
+            "must be between 1 and 10000",
+        ));
+    }
+    let on_error = match r.on_error.as_str() {
+        "local" => OnStoreError::Local,
+        "allow" => OnStoreError::Allow,
+        "deny" => OnStoreError::Deny,
+        other => {
+            return Err(invalid(
+                "rate_limit.redis.on_error",
+                format!("\"{other}\" is not local, allow or deny"),
+            ))
+        }
+    };
+    let prefix_ok = !r.key_prefix.is_empty()
+        && r.key_prefix.len() <= 64
+        && r.key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+    if !prefix_ok {
+        return Err(invalid(
+            "rate_limit.redis.key_prefix",
+            "must be 1-64 visible ASCII characters without { or } (they mark Redis hash tags)",
+        ));
+    }
+    Ok(RedisSettings {
+        url: r.url,
+        timeout: Duration::from_millis(r.timeout_ms),
+        on_error,
+        key_prefix: r.key_prefix,
+    })
+}
+
+/// Largest `requests` × window in ms a shared check computes exactly: Redis' Lua numbers are
+/// doubles, exact up to 2^53.
+pub const MAX_SHARED_BUDGET: u128 = 1 << 53;
 
 fn validate_log(l: FileLog) -> Result<LogSettings, Invalid> {
     let level = log_filter(&l.level).map_err(|why| {

@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{QuotaKey, RouteSettings, Settings, DEFAULT_GROUP};
 use crate::limits::quota::{limits, Numbers, Quota};
+use crate::limits::shared_store::SharedStore;
 use crate::observe::metrics::Metrics;
 use crate::routing::{Route, Router};
 use crate::upstream::group::{Group, GroupCore};
@@ -33,6 +34,7 @@ impl Live {
         settings: Arc<Settings>,
         cores: Vec<Arc<GroupCore>>,
         metrics: &Metrics,
+        store: Option<&Arc<SharedStore>>,
         previous: Option<&Live>,
     ) -> Self {
         let groups: Vec<Group> = settings
@@ -67,6 +69,7 @@ impl Live {
                 limits(rl.requests.get(), rl.window, rl.max_clients),
                 QuotaKey::ClientIp,
                 numbers.clone(),
+                store.cloned(),
                 previous.and_then(|p| p.global_quota.as_deref()),
             ))
         });
@@ -86,6 +89,7 @@ impl Live {
                         limits(q.requests.get(), q.window, rl.max_clients),
                         q.key.clone(),
                         numbers.clone(),
+                        store.cloned(),
                         before,
                     ))
                 });

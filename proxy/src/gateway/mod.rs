@@ -163,7 +163,10 @@ impl Gateway {
             return Ok(false);
         }
         let key = quota.key_for(session.req_header(), client);
-        let decision = quota.limiter.check(key, ctx.start);
+        let checked = quota.check(key, ctx.start).await;
+        let Some(decision) = checked.decision else {
+            return Ok(false); // the store failed and on_error = "allow"
+        };
         ctx.rate = Some(decision);
         if !decision.allowed {
             return self.reject(session, ctx, key, "request budget spent").await;
@@ -173,7 +176,7 @@ impl Gateway {
             ctx.client_inflight = Some(guard);
             if count > rl.max_inflight_per_client as isize {
                 // Refused requests use no budget; a slot frees up when one finishes.
-                quota.limiter.refund(key);
+                quota.refund(key, checked.shared);
                 ctx.rate = Some(Decision {
                     allowed: false,
                     remaining: decision.remaining + 1,

@@ -9,6 +9,7 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType, OrErr};
 
+use crate::config::RateLimitHeaders;
 use crate::gateway::header_case::{edit_request, edit_response, Editor, Name};
 use crate::gateway::request_ctx::RequestCtx;
 use crate::limits::quota::Quota;
@@ -24,12 +25,14 @@ const VIA: Name = Name::from_static("via", "Via");
 const RATELIMIT_LIMIT: Name = Name::from_static("ratelimit-limit", "RateLimit-Limit");
 const RATELIMIT_REMAINING: Name = Name::from_static("ratelimit-remaining", "RateLimit-Remaining");
 const RATELIMIT_RESET: Name = Name::from_static("ratelimit-reset", "RateLimit-Reset");
+const RATELIMIT_POLICY: Name = Name::from_static("ratelimit-policy", "RateLimit-Policy");
+const RATELIMIT: Name = Name::from_static("ratelimit", "RateLimit");
 const RETRY_AFTER: Name = Name::from_static("retry-after", "Retry-After");
 
 /// How many headers `add_upstream_headers` / `add_downstream_headers` add at most, besides the
 /// configured ones: the room reserved up front.
 const UPSTREAM_ADDED: usize = 4;
-const DOWNSTREAM_ADDED: usize = 7;
+const DOWNSTREAM_ADDED: usize = 9;
 
 /// Our hop in `Via`.
 pub const VIA_VALUE: &str = "1.1 pingora-gateway";
@@ -175,7 +178,7 @@ pub fn add_downstream_headers(
         h.insert(&X_REQUEST_ID, ctx.request_id.clone())?;
         h.insert(&VIA, via)?;
         if let (Some(decision), Some(quota)) = (&ctx.rate, ctx.quota()) {
-            add_rate_limit_headers(h, decision, quota)?;
+            add_rate_limit_headers(h, decision, quota, ctx.live.settings.rate_limit.headers)?;
         }
         for c in &settings.response {
             h.insert(&c.name, c.value.clone())?;
@@ -193,10 +196,24 @@ fn add_rate_limit_headers(
     h: &mut Editor<'_, ResponseHeader>,
     d: &Decision,
     quota: &Quota,
+    mode: RateLimitHeaders,
 ) -> pingora::Result<()> {
-    h.insert(&RATELIMIT_LIMIT, quota.limit_header.clone())?;
-    h.insert(&RATELIMIT_REMAINING, quota.number(d.remaining.into()))?;
-    h.insert(&RATELIMIT_RESET, quota.number(d.reset_secs))?;
+    if mode.legacy() {
+        h.insert(&RATELIMIT_LIMIT, quota.limit_header.clone())?;
+        h.insert(&RATELIMIT_REMAINING, quota.number(d.remaining.into()))?;
+        h.insert(&RATELIMIT_RESET, quota.number(d.reset_secs))?;
+    }
+    if mode.ietf() {
+        // `t`: when the quota has room again; on a 429 that is when Retry-After says, so
+        // Retry-After is never earlier than `t`.
+        let t = if d.allowed {
+            d.reset_secs
+        } else {
+            d.retry_after_secs
+        };
+        h.insert(&RATELIMIT_POLICY, quota.policy_header.clone())?;
+        h.insert(&RATELIMIT, quota.ietf_value(d.remaining, t))?;
+    }
     if !d.allowed {
         h.insert(&RETRY_AFTER, quota.number(d.retry_after_secs))?;
     }

@@ -2,4 +2,5 @@
 
 pub mod client_ip;
 pub mod quota;
+pub mod shared_store;
 pub mod sliding_window;

@@ -6,20 +6,39 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use pingora::http::RequestHeader;
 
-use crate::config::QuotaKey;
-use crate::limits::sliding_window::{ClientKey, Limits, RateLimiter};
+use crate::config::{OnStoreError, QuotaKey};
+use crate::limits::shared_store::SharedStore;
+use crate::limits::sliding_window::{ClientKey, Decision, Limits, RateLimiter};
 
 /// One policy: its name (the route's, or `default`), its limiter and how a request is keyed.
 pub struct Quota {
     pub policy: Arc<str>,
+    /// This instance's exact limiter: the store, or `on_error = "local"`'s stand-in.
     pub limiter: Arc<RateLimiter>,
+    /// The shared store, when `store = "redis"`.
+    pub shared: Option<Arc<SharedStore>>,
     pub key: QuotaKey,
     /// `RateLimit-Limit` value, formatted once.
     pub limit_header: HeaderValue,
+    /// `RateLimit-Policy: "NAME";q=LIMIT;w=WINDOW`, formatted once.
+    pub policy_header: HeaderValue,
+    /// `"NAME";r=` of the `RateLimit` field.
+    ietf_prefix: Bytes,
     numbers: Arc<Numbers>,
+}
+
+/// The outcome of a quota check.
+pub struct Checked {
+    /// `None`: let through without a count (the store failed and `on_error = "allow"`).
+    pub decision: Option<Decision>,
+    /// Whether the shared store decided (a refund goes there).
+    pub shared: bool,
 }
 
 impl Quota {
@@ -30,18 +49,84 @@ impl Quota {
         limits: Limits,
         key: QuotaKey,
         numbers: Arc<Numbers>,
+        shared: Option<Arc<SharedStore>>,
         previous: Option<&Quota>,
     ) -> Self {
         let kept = previous.filter(|p| p.limiter.limits() == limits && p.key == key);
+        // Policy names are tokens (validated): they need no escaping in a structured field.
+        let policy_header = HeaderValue::from_str(&format!(
+            "\"{policy}\";q={};w={}",
+            limits.requests,
+            limits.window.as_secs()
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
         Self {
+            ietf_prefix: Bytes::from(format!("\"{policy}\";r=")),
             policy,
             limiter: kept
                 .map(|p| p.limiter.clone())
                 .unwrap_or_else(|| Arc::new(RateLimiter::new(limits))),
+            shared,
             limit_header: HeaderValue::from(limits.requests),
+            policy_header,
             key,
             numbers,
         }
+    }
+
+    /// Checks and counts one request of `key`: in the shared store when there is one (with
+    /// `on_error` when it fails), else in this instance's limiter.
+    pub async fn check(&self, key: ClientKey, now: Instant) -> Checked {
+        let Some(store) = &self.shared else {
+            return Checked {
+                decision: Some(self.limiter.check(key, now)),
+                shared: false,
+            };
+        };
+        let limits = self.limiter.limits();
+        match store
+            .check(&self.policy, &key, limits.requests, limits.window)
+            .await
+        {
+            Ok(decision) => Checked {
+                decision: Some(decision),
+                shared: true,
+            },
+            Err(_) => Checked {
+                decision: match store.settings().on_error {
+                    OnStoreError::Local => Some(self.limiter.check(key, now)),
+                    OnStoreError::Allow => None,
+                    OnStoreError::Deny => Some(Decision {
+                        allowed: false,
+                        limit: limits.requests,
+                        remaining: 0,
+                        reset_secs: 1,
+                        retry_after_secs: 1,
+                    }),
+                },
+                shared: false,
+            },
+        }
+    }
+
+    /// Gives back the unit the last check of `key` counted, where it was counted.
+    pub fn refund(&self, key: ClientKey, shared: bool) {
+        match (&self.shared, shared) {
+            (Some(store), true) => store.refund(&self.policy, &key),
+            _ => self.limiter.refund(key),
+        }
+    }
+
+    /// The `RateLimit` field: `"NAME";r=REMAINING;t=SECONDS`.
+    pub fn ietf_value(&self, remaining: u32, t: u64) -> HeaderValue {
+        let mut buf = BytesMut::with_capacity(self.ietf_prefix.len() + 24);
+        buf.extend_from_slice(&self.ietf_prefix);
+        let mut n = itoa::Buffer::new();
+        buf.extend_from_slice(n.format(remaining).as_bytes());
+        buf.extend_from_slice(b";t=");
+        buf.extend_from_slice(n.format(t).as_bytes());
+        HeaderValue::from_maybe_shared(buf.freeze())
+            .unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
     }
 
     /// Whose budget this request spends: the keyed header's value, or the client's address
@@ -141,6 +226,7 @@ mod tests {
             limits,
             QuotaKey::Header(http::HeaderName::from_static("x-api-key")),
             numbers,
+            None,
             None,
         );
         let client: IpAddr = "127.0.0.9".parse().unwrap();

@@ -186,6 +186,13 @@ impl RateLimiter {
         &self.shards[shard_index(key.bits(), self.shard_bits)]
     }
 
+    /// [`check`](Self::check) at `now_ms` after the limiter's start: for tests that replay the
+    /// same requests through another store.
+    #[doc(hidden)]
+    pub fn check_at_ms(&self, key: ClientKey, now_ms: u64) -> Decision {
+        self.check_at(key, now_ms)
+    }
+
     /// The check with time injected, so window arithmetic is tested without sleeping.
     fn check_at(&self, key: ClientKey, now_ms: u64) -> Decision {
         let shard = self.shard(&key);

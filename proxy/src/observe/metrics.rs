@@ -20,6 +20,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Buckets of a shared rate-limit check: 100 µs (loopback Redis) to 250 ms (far past any
+/// sensible timeout_ms).
+pub const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25,
+];
+
 /// Label value for requests no backend answered (404, 429, 502, 503).
 pub const NO_BACKEND: &str = "none";
 
@@ -47,6 +53,9 @@ pub struct Metrics {
     /// Requests whose body stalled longer than `server.body_timeout_ms` (answered 408).
     pub body_timeouts: IntCounter,
     upstream_errors: IntCounterVec,
+    /// The shared rate-limit store: failed checks and check latency.
+    pub store_errors: IntCounter,
+    pub store_seconds: Histogram,
     /// Handles of configured backends by group and label, so rediscovery keeps health-driven
     /// values.
     backends: Mutex<HashMap<BackendKey, Arc<BackendMetrics>>>,
@@ -152,6 +161,17 @@ impl Metrics {
             ),
             &["upstream", "backend", "kind"],
         )?;
+        let store_errors = IntCounter::new(
+            "gateway_rate_limit_store_errors_total",
+            "Shared rate-limit checks that failed (store down, slow or answering an error); rate_limit.redis.on_error decided them",
+        )?;
+        let store_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_rate_limit_store_seconds",
+                "Time of one shared rate-limit check, answered or not",
+            )
+            .buckets(STORE_BUCKETS.to_vec()),
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("gateway_build_info", "Build information; always 1"),
             &["version"],
@@ -178,6 +198,8 @@ impl Metrics {
         registry.register(Box::new(header_timeouts.clone()))?;
         registry.register(Box::new(body_timeouts.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(store_seconds.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -201,6 +223,8 @@ impl Metrics {
             header_timeouts,
             body_timeouts,
             upstream_errors,
+            store_errors,
+            store_seconds,
             backends: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
         })

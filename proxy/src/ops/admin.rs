@@ -28,6 +28,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::Semaphore;
 
 use crate::gateway::live::LiveState;
+use crate::limits::shared_store::{redacted, SharedStore};
 use crate::observe::metrics::Metrics;
 
 /// Admin connections served at once; more are closed at accept. Scrapers and probes need a few.
@@ -46,6 +47,8 @@ pub struct AdminApp {
     pub listen_probe: SocketAddr,
     /// Set once the probe connected; a listener, once open, stays open until shutdown.
     pub accepting: AtomicBool,
+    /// The shared rate-limit store, reported (never failing readiness: on_error covers it).
+    pub store: Option<Arc<SharedStore>>,
 }
 
 impl AdminApp {
@@ -112,6 +115,15 @@ impl AdminApp {
                     "draining": draining,
                     "healthy_backends": healthy,
                     "accepting": accepting && !draining,
+                    "rate_limit_store": match &self.store {
+                        None => serde_json::json!({"store": "local"}),
+                        Some(store) => serde_json::json!({
+                            "store": "redis",
+                            "state": store.state(),
+                            "url": redacted(&store.settings().url),
+                            "on_error": format!("{:?}", store.settings().on_error).to_lowercase(),
+                        }),
+                    },
                     "upstreams": groups
                         .iter()
                         .map(|(name, healthy, total)| {

@@ -16,6 +16,7 @@ use futures_util::future::join_all;
 
 use crate::config::{load_config, BackendAddr, GroupSettings, RouteSettings, Settings};
 use crate::gateway::live::{Live, LiveState};
+use crate::limits::shared_store::SharedStore;
 use crate::observe::metrics::Metrics;
 use crate::ops::signals::PendingReload;
 use crate::upstream::discovery::SystemResolver;
@@ -28,6 +29,8 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// Starts the loops of groups a reload adds.
     pub groups: GroupStarter,
+    /// The shared rate-limit store made at start (its settings need a restart to change).
+    pub store: Option<Arc<SharedStore>>,
     /// SIGHUPs caught since `main` began, before this service listened.
     pub pending: PendingReload,
 }
@@ -68,7 +71,13 @@ impl Reloader {
                 .map(|core| self.groups.start(core.clone())),
         )
         .await;
-        let live = Live::new(Arc::new(new), plan.cores, &self.metrics, Some(&old));
+        let live = Live::new(
+            Arc::new(new),
+            plan.cores,
+            &self.metrics,
+            self.store.as_ref(),
+            Some(&old),
+        );
         self.live.store(Arc::new(live));
         for core in &plan.retired {
             core.retire();
@@ -161,6 +170,10 @@ fn describe_changes(old: &Settings, new: &Settings) -> Vec<String> {
         (
             "log.level/log.file",
             (&old.log.level, &old.log.file) != (&new.log.level, &new.log.file),
+        ),
+        (
+            "rate_limit.store/rate_limit.redis",
+            old.rate_limit.redis != new.rate_limit.redis,
         ),
         (
             "upstream.keepalive_pool_size",

@@ -11,6 +11,7 @@ mod metrics;
 mod ports;
 mod process;
 mod proxy;
+mod redis;
 mod temp_dir;
 mod wait;
 
@@ -25,6 +26,7 @@ pub use {
     ports::PortHold,
     process::{backend_bin, Spawned, PROXY_BIN},
     proxy::Proxy,
+    redis::Redis,
     temp_dir::TempDir,
     wait::wait_until,
 };
