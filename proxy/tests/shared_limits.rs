@@ -318,3 +318,36 @@ async fn both_stores_give_the_same_numbers_for_the_same_requests() {
     let _ = stop_tx.send(true);
     connector.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_quota_is_shared_too_under_its_own_key() {
+    let redis = Redis::start().await;
+    let routes = "[[routes]]\nname = \"api\"\npath_prefix = \"/api/\"\nupstream = \"default\"\n\
+                  rate_limit = { requests = 3, window_seconds = 60, key = \"header:X-Api-Key\" }\n\
+                  [[routes]]\nname = \"rest\"\nupstream = \"default\"\n";
+    let (_b, p1, p2) = replicas(&redis, "local", routes).await;
+    let from = Some("127.0.0.36".parse().unwrap());
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let proxy = if i % 2 == 0 { &p1 } else { &p2 };
+        let r = get_with(proxy.addr, from, "/api/x", &[("X-Api-Key", "shared-key")]).await;
+        assert_eq!(header(&r, "ratelimit-policy"), "\"api\";q=3;w=60");
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // The same client elsewhere spends the global budget, not the route's.
+    assert_eq!(get_with(p2.addr, from, "/other", &[]).await.status, 200);
+    let keys = redis
+        .cmd(&["KEYS", "gateway:rl:*"])
+        .await
+        .unwrap_or_default();
+    assert!(keys.contains("gateway:rl:api:{key:"), "{keys}");
+    assert!(
+        keys.contains("gateway:rl:default:{ip:127.0.0.36}"),
+        "{keys}"
+    );
+    assert!(
+        !keys.contains("shared-key"),
+        "the API key itself was stored: {keys}"
+    );
+}

@@ -680,3 +680,63 @@ fn route_and_group_values_are_checked() {
     let bad_name = format!("{MINIMAL}[upstreams.\"a b\"]\nbackends = [\"127.0.0.1:9\"]\n");
     assert!(err(&bad_name).contains("is not a group name"));
 }
+
+#[test]
+fn shared_store_and_header_drafts_are_checked() {
+    let s = parse_config(MINIMAL, "t.toml").unwrap();
+    assert_eq!(s.rate_limit.redis, None);
+    assert_eq!(s.rate_limit.headers, RateLimitHeaders::Both);
+    let redis = format!(
+        "{MINIMAL}[rate_limit]\nstore = \"redis\"\nheaders = \"ietf\"\n[rate_limit.redis]\nurl = \"redis://10.0.0.5:6380/2\"\ntimeout_ms = 15\non_error = \"deny\"\nkey_prefix = \"rl:\"\n"
+    );
+    let s = parse_config(&redis, "t.toml").unwrap();
+    assert_eq!(
+        s.rate_limit.redis,
+        Some(RedisSettings {
+            url: "redis://10.0.0.5:6380/2".into(),
+            timeout: Duration::from_millis(15),
+            on_error: OnStoreError::Deny,
+            key_prefix: "rl:".into(),
+        })
+    );
+    assert_eq!(s.rate_limit.headers, RateLimitHeaders::Ietf);
+    let rl = |body: &str| format!("{MINIMAL}[rate_limit]\n{body}");
+    for (body, expected) in [
+        (
+            "store = \"memcached\"\n",
+            "rate_limit.store: \"memcached\" is not local or redis",
+        ),
+        (
+            "headers = \"draft\"\n",
+            "rate_limit.headers: \"draft\" is not legacy, ietf, both or none",
+        ),
+        (
+            "store = \"redis\"\n[rate_limit.redis]\nurl = \"http://x\"\n",
+            "rate_limit.redis.url: \"http://x\" is not a Redis URL",
+        ),
+        (
+            "store = \"redis\"\n[rate_limit.redis]\ntimeout_ms = 0\n",
+            "rate_limit.redis.timeout_ms: must be between 1 and 10000",
+        ),
+        (
+            "store = \"redis\"\n[rate_limit.redis]\non_error = \"retry\"\n",
+            "rate_limit.redis.on_error: \"retry\" is not local, allow or deny",
+        ),
+        (
+            "store = \"redis\"\n[rate_limit.redis]\nkey_prefix = \"a{b}\"\n",
+            "rate_limit.redis.key_prefix: must be 1-64 visible ASCII characters",
+        ),
+        (
+            "store = \"redis\"\nrequests = 1000000000\nwindow_seconds = 86400\n",
+            "rate_limit.requests: requests x window_seconds x 1000 must stay below 2^53",
+        ),
+        ("[rate_limit.redis]\nport = 1\n", "unknown field `port`"),
+    ] {
+        let e = err(&rl(body));
+        assert!(e.contains(expected), "{body}: {e}");
+    }
+    // Checked even while unused: the typo shows before the store is switched on.
+    assert!(
+        err(&rl("[rate_limit.redis]\ntimeout_ms = 0\n")).contains("rate_limit.redis.timeout_ms")
+    );
+}

@@ -550,9 +550,11 @@ fn validate_rate_limit(r: FileRateLimit) -> Result<RateLimitSettings, Invalid> {
             ))
         }
     };
+    // Checked even when unused, so a typo shows before the day the store is switched on.
+    let shared = validate_redis(r.redis)?;
     let redis = match r.store.as_str() {
         "local" => None,
-        "redis" => Some(validate_redis(r.redis)?),
+        "redis" => Some(shared),
         other => {
             return Err(invalid(
                 "rate_limit.store",
