@@ -21,6 +21,7 @@
 #     (loadtest/bench*.sh,      pids_tree cpu_ticks status_kb nginx_conf_head run_nginx
 #     profile_callgrind.sh)     start_nginx_backend start_bench_backends start_ours start_bare
 #                               start_nginx_proxy start_haproxy ours_metric_sum
+#                               start_redis redis_cli start_ours_redis
 #
 # Sourcing it only defines functions and sets the globals below (no process is started).
 
@@ -790,4 +791,61 @@ EOF
 # ours_metric_sum ADMIN_ADDR REGEX: sum of the samples of the metric lines matching REGEX.
 ours_metric_sum() {
   curl -s -m 2 "http://$1/metrics" | awk -v re="$2" '$0 ~ re {s += $NF} END {printf "%d\n", s}'
+}
+
+# start_redis NAME PORT: redis-server on 127.0.0.1:PORT with persistence off (no RDB snapshots,
+# no AOF), its working directory WORK_DIR/NAME; started with spawn, so the EXIT trap stops it
+# by its PID. Sets SYS_PID[NAME] and SYS_ADDR[NAME]; returns once it answers PING.
+start_redis() {
+  local name=$1 port=$2 dir="$WORK_DIR/$1" i
+  mkdir -p "$dir"
+  spawn "$dir/redis.log" redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+    --dir "$dir" --daemonize no --logfile "" --databases 1
+  SYS_PID[$name]=$SPAWNED_PID
+  SYS_ADDR[$name]="127.0.0.1:$port"
+  for ((i = 0; i < 200; i++)); do
+    [[ $(redis-cli -h 127.0.0.1 -p "$port" PING 2>/dev/null) == PONG ]] && return 0
+    if ! alive "$SPAWNED_PID"; then
+      tail -n 5 "$dir/redis.log" >&2
+      log_die "redis-server $SPAWNED_PID exited before answering on port $port"
+    fi
+    sleep 0.1
+  done
+  log_die "redis-server on port $port did not answer PING within 20s"
+}
+
+# redis_cli NAME ARGS...: redis-cli against the redis-server NAME (start_redis), without the
+# \r that ends each line of INFO.
+redis_cli() {
+  local addr=${SYS_ADDR[$1]}
+  shift
+  redis-cli -h "${addr%:*}" -p "${addr##*:}" "$@" | tr -d '\r'
+}
+
+# start_ours_redis NAME PORT ADMIN_PORT THREADS REDIS_URL [REQUESTS [MAX_CLIENTS [WINDOW_SECONDS]]]
+# start_ours (rate limiting on, no access log) with rate_limit.store = "redis" and
+# [rate_limit.redis] url = REDIS_URL, timeout_ms = 20, on_error = "local",
+# key_prefix = "gateway:rl:" (EXTRA_TOML is kept and appended after that table); returns once
+# /ready reports rate_limit_store.state "up" (log_die after 10 s).
+start_ours_redis() {
+  local name=$1 url=$5 i body
+  # start_ours writes its RATE_LIMIT argument as `enabled = ...`, the first key of
+  # [rate_limit]; `store` is given as a second line of that value, since a key of that table
+  # cannot be set from EXTRA_TOML (appended after other tables). The /ready check below fails
+  # when the store line did not land in [rate_limit].
+  EXTRA_TOML="[rate_limit.redis]
+url = \"$url\"
+timeout_ms = 20
+on_error = \"local\"
+key_prefix = \"gateway:rl:\"
+${EXTRA_TOML:-}" start_ours "$name" "$2" "$3" "$4" $'true\nstore = "redis"' false "${6:-1000000000}" \
+    "${7:-100000}" "${8:-60}"
+  for ((i = 0; i < 100; i++)); do
+    body=$(curl -fsS --max-time 2 "http://${SYS_ADMIN[$name]}/ready" 2>/dev/null || true)
+    if [[ $body =~ \"rate_limit_store\":\{[^}]*\"state\":\"up\" && $body =~ \"store\":\"redis\" ]]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  log_die "$name: /ready does not report the redis store up (last: ${body:-no answer})"
 }
