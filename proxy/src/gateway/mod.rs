@@ -193,7 +193,12 @@ impl Gateway {
 
     /// Picks a healthy backend of the route's group that this request has not tried yet, and
     /// builds its peer.
-    fn pick_peer(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    fn pick_peer(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        with_body: bool,
+    ) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
         ctx.attempt = None;
         // Field by field: the group borrows `live` while `tried` and the rest change.
@@ -222,7 +227,7 @@ impl Gateway {
         }
         ctx.backend = info;
         ctx.tried.push(addr);
-        Ok(Box::new(group.peer(addr)))
+        Ok(Box::new(group.peer(addr, with_body)))
     }
 }
 
@@ -314,11 +319,13 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        // Read before the phase borrows the session: whether a body follows the header.
+        let with_body = !session.is_body_empty();
         let req = session.req_header();
         let session = &*session;
         panic_guard::catch(async {
             panic_guard::injected(req, "upstream_peer");
-            self.pick_peer(session, ctx)
+            self.pick_peer(session, ctx, with_body)
         })
         .await
         .map_err(|m| panic_guard::panicked("upstream_peer", ctx.request_id(), &m))?
