@@ -776,3 +776,37 @@ async fn too_low_a_descriptor_limit_refuses_to_start() {
         "nothing listens"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_kept_alive_connection_outlives_the_idle_timeout_and_an_idle_one_does_not() {
+    let backend = Backend::start("b");
+    let proxy = Proxy::start(
+        &[&backend],
+        "[server]\nkeepalive_timeout_seconds = 2\n[rate_limit]\nexempt = [\"127.0.0.1\"]\n",
+    )
+    .await;
+    // Requests 300 ms apart for 4.5 s, twice the idle timeout: each pushes the deadline on, so
+    // the one connection stays (the timer armed for an earlier deadline is armed again).
+    let mut client = Client::new(proxy.addr);
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(4500) {
+        let r = client.get("/busy").await.expect("request");
+        assert_eq!(r.status, 200);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(sent >= 10, "{sent} requests");
+    assert_eq!(client.connections, 1, "the busy connection was closed");
+    assert_eq!(client.stale_retries, 0);
+    // Then idle: closed after the timeout (the next request finds it gone and reconnects).
+    let closed = wait_until(Duration::from_secs(10), || async {
+        proxy
+            .metrics()
+            .await
+            .sum("gateway_downstream_connections", &[])
+            == 0.0
+    })
+    .await;
+    assert!(closed, "the idle connection was never closed");
+}

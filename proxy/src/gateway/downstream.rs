@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -221,6 +222,7 @@ impl DownstreamApp {
         // `keepalive_timeout` after the previous response, which is also the idle bound.
         // (Pingora's own idle limit would put a timer on every header read.)
         let mut deadline = accepted + self.bounds.header_timeout;
+        let mut timer = ConnectionTimer::default();
         let mut first = true;
         loop {
             header_read.store(false, Ordering::Release);
@@ -230,8 +232,9 @@ impl DownstreamApp {
                 body_timeout: self.bounds.body_timeout,
             })));
             let processing = self.proxy.process_new_http(session, shutdown);
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let Some(reused) = within_header_deadline(processing, &header_read, wait).await else {
+            let Some(reused) =
+                within_header_deadline(processing, &header_read, deadline, &mut timer).await
+            else {
                 if first {
                     self.metrics.header_timeouts.inc();
                     tracing::debug!(
@@ -252,18 +255,59 @@ impl DownstreamApp {
     }
 }
 
+/// How early Pingora's coarse timers may fire (they tick every 10 ms): a deadline this close
+/// counts as reached.
+const TIMER_SLACK: Duration = Duration::from_millis(10);
+
+/// The one timer of a connection's header deadlines, kept across its requests: registering a
+/// timer costs about 1.2k instructions, and on a busy kept-alive connection each deadline lies
+/// past the last. When it fires before the current deadline it is armed again for the rest, so
+/// a connection pays one registration per `keepalive_timeout` of activity, not one per request.
+#[derive(Default)]
+struct ConnectionTimer {
+    sleep: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// When `sleep` fires.
+    fires_at: Option<Instant>,
+}
+
+impl ConnectionTimer {
+    /// Resolves when `deadline` has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        loop {
+            // A timer set past the deadline (a deadline that moved earlier) is replaced.
+            if self.sleep.is_none() || self.fires_at.is_some_and(|at| at > deadline) {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                self.sleep = Some(Box::pin(fast_sleep(wait)));
+                self.fires_at = Some(deadline);
+            }
+            let Some(sleep) = self.sleep.as_mut() else {
+                return Poll::Pending;
+            };
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    self.sleep = None;
+                    if Instant::now() + TIMER_SLACK >= deadline {
+                        return Poll::Ready(());
+                    }
+                    // Fired for an earlier deadline: armed again for this one.
+                }
+            }
+        }
+    }
+}
+
 /// Runs `processing` (one request, from reading its header to the end of its response) and
-/// gives up, dropping it, when its header has not been read within `wait`: `None`. The timer is
-/// only armed when the header is not complete at the first poll, so the common case (a request
-/// already waiting on the socket) costs no timer.
+/// gives up, dropping it, when its header has not been read by `deadline`: `None`. The timer is
+/// only polled when the header is not complete at the first poll, so the common case (a request
+/// already waiting on the socket) never touches it.
 async fn within_header_deadline<F: Future>(
     processing: F,
     header_read: &AtomicBool,
-    wait: Duration,
+    deadline: Instant,
+    timer: &mut ConnectionTimer,
 ) -> Option<F::Output> {
     let mut processing = std::pin::pin!(processing);
-    // Creating the sleep registers nothing; its first poll does.
-    let mut deadline = std::pin::pin!(fast_sleep(wait));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = processing.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
@@ -271,7 +315,7 @@ async fn within_header_deadline<F: Future>(
         if header_read.load(Ordering::Acquire) {
             return Poll::Pending;
         }
-        deadline.as_mut().poll(cx).map(|()| None)
+        timer.poll_deadline(cx, deadline).map(|()| None)
     })
     .await
 }
