@@ -27,13 +27,26 @@
 //!
 //! Faulted requests count in `requests` and `paths` like any other.
 //!
+//! HTTPS: `--tls-cert CHAIN.pem --tls-key KEY.pem` (both or neither) serves HTTP/1.1 over TLS
+//! (1.2 or 1.3, ALPN `http/1.1`) with everything above unchanged. The key may be PKCS#8, PKCS#1
+//! (RSA) or SEC1 (EC) PEM and must belong to the chain's first certificate; a bad file or a
+//! key that does not match exits 2 before listening. A failed or stalled handshake (bounded by
+//! `tls::HANDSHAKE_TIMEOUT`) is logged on stderr and closes that connection only. `connections`
+//! on `/stats` counts TCP connections, so a failed handshake counts there too.
+//!
+//! Stdout: the first line is always `mock-backend NAME listening on ADDR` (scripts and tests
+//! read the address from it; with TLS it is unchanged), followed with TLS by
+//! `mock-backend NAME tls: HTTPS with certificate PATH`.
+//!
 //! On SIGTERM or SIGINT it stops accepting, lets in-flight requests finish (bounded), and exits.
 #![forbid(unsafe_code)]
 
 mod fault;
 mod routes;
+mod tls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,9 +54,11 @@ use clap::Parser;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_rustls::TlsAcceptor;
 
 use fault::Fault;
 use routes::{handle, Connection, State, MAX_DELAY_MS};
@@ -79,6 +94,12 @@ struct Cli {
     /// default: 0].
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(..=MAX_DELAY_MS))]
     fault_delay_ms: Option<u64>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first). Needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Cli {
@@ -90,30 +111,45 @@ impl Cli {
         }
         Fault::with_defaults(self.fault_status, self.fault_rate, self.fault_delay_ms).map(Some)
     }
+
+    /// The TLS acceptor for `--tls-cert`/`--tls-key`: none without them (clap has already
+    /// refused one without the other).
+    fn tls(&self) -> Result<Option<TlsAcceptor>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => tls::acceptor(cert, key).map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let fault = match cli.fault() {
-        Ok(fault) => fault,
+    let (fault, tls) = match cli.fault().and_then(|fault| Ok((fault, cli.tls()?))) {
+        Ok(setup) => setup,
         Err(e) => {
             eprintln!("mock-backend: {e}");
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(cli, fault).await {
+    if let Err(e) = run(cli, fault, tls).await {
         eprintln!("mock-backend: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(cli: Cli, fault: Option<Fault>) -> std::io::Result<()> {
+async fn run(cli: Cli, fault: Option<Fault>, acceptor: Option<TlsAcceptor>) -> std::io::Result<()> {
     let listener = TcpListener::bind(cli.listen).await?;
     let local = listener.local_addr()?;
     let name = cli.name.unwrap_or_else(|| local.to_string());
     // Tests read this line to learn the port the OS handed out.
     println!("mock-backend {name} listening on {local}");
+    if let (Some(cert), Some(_)) = (&cli.tls_cert, &acceptor) {
+        println!(
+            "mock-backend {name} tls: HTTPS with certificate {}",
+            cert.display()
+        );
+    }
     if let Some(fault) = fault {
         println!("mock-backend {name} fault: {}", fault.to_json());
     }
@@ -126,7 +162,7 @@ async fn run(cli: Cli, fault: Option<Fault>) -> std::io::Result<()> {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         eprintln!("mock-backend: accept failed: {e}");
@@ -135,17 +171,30 @@ async fn run(cli: Cli, fault: Option<Fault>) -> std::io::Result<()> {
                 };
                 let _ = stream.set_nodelay(true);
                 state.connection_accepted();
+                // Watched from the accept on, so a drain also waits for (bounded) handshakes.
+                let watcher = graceful.watcher();
                 let state = state.clone();
-                let per_conn = Arc::new(Connection::default());
-                let service = service_fn(move |req| handle(req, state.clone(), per_conn.clone()));
-                let conn = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    // A client that goes away mid-request is normal; nothing to report.
-                    let _ = conn.await;
-                });
+                match &acceptor {
+                    None => {
+                        tokio::spawn(serve(stream, state, watcher));
+                    }
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(stream);
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake).await {
+                                Ok(Ok(stream)) => serve(stream, state, watcher).await,
+                                // Only this connection is lost; the server carries on.
+                                Ok(Err(e)) => {
+                                    eprintln!("mock-backend: TLS handshake with {peer} failed: {e}");
+                                }
+                                Err(_) => eprintln!(
+                                    "mock-backend: TLS handshake with {peer} timed out after {:?}",
+                                    tls::HANDSHAKE_TIMEOUT
+                                ),
+                            }
+                        });
+                    }
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -162,4 +211,19 @@ async fn run(cli: Cli, fault: Option<Fault>) -> std::io::Result<()> {
     }
     println!("mock-backend {local} stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 keep-alive on one connection (plain TCP or TLS) until it closes or, once a
+/// drain starts, its in-flight request is answered.
+async fn serve<I>(io: I, state: Arc<State>, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let per_conn = Arc::new(Connection::default());
+    let service = service_fn(move |req| handle(req, state.clone(), per_conn.clone()));
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    // A client that goes away mid-request is normal; nothing to report.
+    let _ = watcher.watch(conn).await;
 }
