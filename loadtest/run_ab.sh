@@ -33,7 +33,31 @@
 #              that is never used up (a rerun needs no wait). Static and default requests spend
 #              the global limit (100 per 60 s, nothing exempt: an exempt client would skip the
 #              route quota too), so together they stay below it.
-#   all        the five, back to back (each in its own process); non-zero if any failed.
+#   cluster    two replicas sharing their rate limits through Redis (rate_limit.store = "redis",
+#              on_error = "local"). Locally it starts redis-server itself (free 127.0.0.1 port,
+#              persistence off), three backends and two proxies; with --compose it drives proxy,
+#              proxy2 and redis of the stack. Four phases, each for a client with a fresh budget
+#              (locally a source address of its own, 127.0.0.11-15; with --compose the host is
+#              one client, so its count is cleared with FLUSHALL between them):
+#              1. RATE_SENT (150) requests alternating between the replicas: exactly 100 x 2xx
+#                 and 50 x 429 in all, RateLimit-Remaining of the 2xx counting 99..0 across both
+#                 (the IETF RateLimit field's r= the same), no store error;
+#              2. CLUSTER_KILL_AFTER (60) requests alternating, then replica 2 is SIGKILLed
+#                 (locally its PID; compose: `docker compose kill proxy2`), then the rest of
+#                 150 to replica 1 alone: still exactly 100 x 2xx in all (the first answer after
+#                 the kill says Remaining 39: the count survived the replica), zero 5xx;
+#              3. Redis stopped (locally SIGTERM to its PID; compose: `docker compose stop
+#                 redis`), CLUSTER_DOWN_REQUESTS (120) to replica 1: on_error "local" decides,
+#                 so zero 5xx and exactly 100 x 2xx + 20 x 429 from the replica's own exact
+#                 limiter; gateway_rate_limit_store_errors_total grew and /ready says
+#                 rate_limit_store.state "down" while still ready;
+#              4. Redis started again (same port; compose: `docker compose start redis`):
+#                 replica 1 is back to "up" after a few requests (each failed store check waits
+#                 250 ms for the next probe), replica 2 is started again (compose: `docker
+#                 compose start proxy2`), and requests alternating between them count down one
+#                 shared budget again.
+#              With --compose, whatever it stopped is started again (also when it fails).
+#   all        the six, back to back (each in its own process); non-zero if any failed.
 #
 # Each scenario prints a table (sent, 2xx, 429, 5xx, other, failed, rps, per-backend split; the
 # counts come from the deltas of gateway_requests_total on the admin /metrics, in routes those of
@@ -49,18 +73,24 @@
 # (or delete the binaries) before running.
 #
 # --compose: drives the docker-compose stack (`docker compose up -d --build` first) at
-# COMPOSE_PROXY_URL / COMPOSE_ADMIN_URL. config/docker.toml has the default limits and nothing
-# exempt, and the host is one client with 100 requests per 60 s for everything. So every
-# scenario first restarts the proxy container (`docker compose restart proxy`: a fresh limiter;
-# each restart waits out the proxy's drain, about 5 s) and keeps its volume within the budget:
+# COMPOSE_PROXY_URL / COMPOSE_ADMIN_URL (and the second replica, for cluster, at
+# COMPOSE_PROXY2_URL / COMPOSE_ADMIN2_URL). config/docker.toml has the default limits and
+# nothing exempt, and the host is one client with 100 requests per 60 s for everything; both
+# replicas count it in Redis (rate_limit.store = "redis"), so restarting a proxy no longer
+# hands out a fresh budget. Every scenario first gives the host a fresh one: it makes sure
+# redis runs and answers, restarts the proxy container only when it is not ready or its store
+# is not "up" (`docker compose restart proxy`; each restart waits out the proxy's drain, about
+# 5 s), then clears every count with `docker compose exec redis redis-cli FLUSHALL`. Each keeps
+# its volume within the budget:
 # balance sends 90 requests, failover 90 requests of /delay/200 with -c 3 (slow enough to kill
 # `backend2` with `docker compose kill backend2` mid-run and see the proxy mark it down while
 # the load runs; it is started again afterwards),
-# ratelimit restarts before each of its two runs, graceful sends SIGTERM with
+# ratelimit clears the count before each of its two runs, graceful sends SIGTERM with
 # `docker compose kill -s SIGTERM proxy`, reads the container's exit code and starts it again,
 # routes uses config/docker.toml's groups and routes as they are and spends 46 of the host's
 # 100 (15 static, 30 default, the /static/app.js probe); its /api/ requests spend the route's
-# quota (per key, and 3 of the host IP's 20 per 10 s) instead.
+# quota (per key, and 3 of the host IP's 20 per 10 s) instead. cluster restarts both replicas
+# (fresh limiters of their own for phase 3) and clears the count before phases 1, 2 and 4.
 #
 # Settings (environment, defaults in brackets):
 #   PROFILE [debug]            debug or release: where the binaries are looked for and built
@@ -80,6 +110,9 @@
 #                              in-flight request, and an idle proxy exits without using it up
 #   DRAIN_SLACK_MS [1000]      allowed on top of grace + timeout for the proxy to exit
 #   COMPOSE_PROXY_URL [http://127.0.0.1:8080]  COMPOSE_ADMIN_URL [http://127.0.0.1:9091]
+#   COMPOSE_PROXY2_URL [http://127.0.0.1:8081]  COMPOSE_ADMIN2_URL [http://127.0.0.1:9092]
+#                              the second replica (cluster)
+#   COMPOSE_REPLICA2 [proxy2]  COMPOSE_REDIS [redis]  their compose services (cluster)
 #   COMPOSE_BACKENDS ["backend1 backend2 backend3"]  COMPOSE_BACKEND_PORT [9000]
 #   FAILOVER_SERVICE [backend2]  the compose service killed by failover
 #   ROUTES_API_REQUESTS [20]   /api/ requests of the split, one key (at most the quota, 20)
@@ -87,10 +120,17 @@
 #                              / requests (together with the probe at most the global 100);
 #                              the default route's share per backend allows BALANCE_TOLERANCE
 #   ROUTES_QUOTA_CONCURRENCY [5]  ab -c of the second key's 21 requests
+#   CLUSTER_KILL_AFTER [60]    cluster: requests (alternating) before replica 2 is killed
+#   CLUSTER_DOWN_REQUESTS [120]  cluster: requests to replica 1 while Redis is down
+#   CLUSTER_STORE_TIMEOUT_MS [100]  cluster, local: rate_limit.redis.timeout_ms of the proxies
+#                              (above the default 20 ms: a check that times out on a loaded
+#                              machine is decided by on_error, and the counts would not be exact)
+#   REDIS_BIN [redis-server]   cluster, local: the Redis server started
 #
 # Examples:
 #   loadtest/run_ab.sh ratelimit
 #   loadtest/run_ab.sh routes
+#   loadtest/run_ab.sh cluster
 #   loadtest/run_ab.sh all
 #   PROFILE=release loadtest/run_ab.sh failover
 #   loadtest/run_ab.sh all --compose
@@ -103,13 +143,13 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
 
-SCENARIOS=(balance ratelimit failover graceful routes)
+SCENARIOS=(balance ratelimit failover graceful routes cluster)
 
 usage() {
     cat <<EOF
 usage: loadtest/run_ab.sh SCENARIO [--compose]
 
-SCENARIO: balance | ratelimit | failover | graceful | routes | all
+SCENARIO: balance | ratelimit | failover | graceful | routes | cluster | all
 --compose: drive the docker-compose stack instead of starting local processes
 
 Settings are environment variables; see the comment at the top of $LOADTEST_DIR/run_ab.sh.
@@ -125,7 +165,7 @@ for arg in "$@"; do
         usage
         exit 0
         ;;
-    balance | ratelimit | failover | graceful | routes | all)
+    balance | ratelimit | failover | graceful | routes | cluster | all)
         [[ -z $SCENARIO ]] || {
             usage >&2
             exit 2
@@ -162,11 +202,19 @@ BALANCE_TOLERANCE=${BALANCE_TOLERANCE:-0}
 GRACEFUL_DELAY_MS=${GRACEFUL_DELAY_MS:-1500}
 COMPOSE_PROXY_URL=${COMPOSE_PROXY_URL:-http://127.0.0.1:8080}
 COMPOSE_ADMIN_URL=${COMPOSE_ADMIN_URL:-http://127.0.0.1:9091}
+COMPOSE_PROXY2_URL=${COMPOSE_PROXY2_URL:-http://127.0.0.1:8081}
+COMPOSE_ADMIN2_URL=${COMPOSE_ADMIN2_URL:-http://127.0.0.1:9092}
+COMPOSE_REPLICA2=${COMPOSE_REPLICA2:-proxy2}
+COMPOSE_REDIS=${COMPOSE_REDIS:-redis}
 COMPOSE_BACKENDS=${COMPOSE_BACKENDS:-"backend1 backend2 backend3"}
 COMPOSE_BACKEND_PORT=${COMPOSE_BACKEND_PORT:-9000}
 FAILOVER_SERVICE=${FAILOVER_SERVICE:-backend2}
 ROUTES_API_REQUESTS=${ROUTES_API_REQUESTS:-20}
 ROUTES_QUOTA_CONCURRENCY=${ROUTES_QUOTA_CONCURRENCY:-5}
+CLUSTER_KILL_AFTER=${CLUSTER_KILL_AFTER:-60}
+CLUSTER_DOWN_REQUESTS=${CLUSTER_DOWN_REQUESTS:-120}
+CLUSTER_STORE_TIMEOUT_MS=${CLUSTER_STORE_TIMEOUT_MS:-100}
+REDIS_BIN=${REDIS_BIN:-redis-server}
 if ((COMPOSE)); then
     READY_TIMEOUT_SECONDS=${READY_TIMEOUT_SECONDS:-120}
     BALANCE_REQUESTS=${BALANCE_REQUESTS:-90}
@@ -202,7 +250,8 @@ ROUTES_NOKEY=3
 for v in AB_TIMEOUT_SECONDS DRAIN_SLACK_MS BALANCE_REQUESTS BALANCE_CONCURRENCY BALANCE_TOLERANCE \
     FAILOVER_REQUESTS FAILOVER_CONCURRENCY FAILOVER_KILL_AFTER GRACEFUL_DELAY_MS \
     GRACEFUL_GRACE_SECONDS GRACEFUL_TIMEOUT_SECONDS READY_TIMEOUT_SECONDS COMPOSE_BACKEND_PORT \
-    ROUTES_API_REQUESTS ROUTES_STATIC_REQUESTS ROUTES_DEFAULT_REQUESTS ROUTES_QUOTA_CONCURRENCY; do
+    ROUTES_API_REQUESTS ROUTES_STATIC_REQUESTS ROUTES_DEFAULT_REQUESTS ROUTES_QUOTA_CONCURRENCY \
+    CLUSTER_KILL_AFTER CLUSTER_DOWN_REQUESTS CLUSTER_STORE_TIMEOUT_MS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 for c in $RATELIMIT_CONCURRENCY; do
@@ -217,6 +266,12 @@ done
 # The static and default routes (and the one /static/ probe) spend the global limit.
 ((ROUTES_STATIC_REQUESTS + ROUTES_DEFAULT_REQUESTS + 1 <= RATE_LIMIT)) ||
     die "ROUTES_STATIC_REQUESTS + ROUTES_DEFAULT_REQUESTS must stay below the global limit ($RATE_LIMIT, one request is the probe)"
+# Replica 2 must be killed while the budget lasts, so that what replica 1 admits after it shows
+# the count it left behind.
+((CLUSTER_KILL_AFTER >= 2 && CLUSTER_KILL_AFTER < RATE_LIMIT)) ||
+    die "CLUSTER_KILL_AFTER must be 2..$((RATE_LIMIT - 1)) (both replicas used, and killed before the limit), not $CLUSTER_KILL_AFTER"
+((CLUSTER_DOWN_REQUESTS > 0 && CLUSTER_STORE_TIMEOUT_MS > 0)) ||
+    die "CLUSTER_DOWN_REQUESTS and CLUSTER_STORE_TIMEOUT_MS must be at least 1"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -305,7 +360,8 @@ toml_list() {
 }
 
 # write_config FILE LIMITER GRACE TIMEOUT: a proxy config for this run.
-#   LIMITER: "exempt" (loopback never limited), "default" (the default 100 per 60 s) or
+#   LIMITER: "exempt" (loopback never limited), "default" (the default 100 per 60 s), "redis"
+#   (the default limit counted in the redis-server at REDIS_URL, on_error "local") or
 #   "routes" (the default limit, and the demo's groups and routes of config/proxy.toml: "api" =
 #   backend1 + backend2, least requests, for /api/ with a quota of ROUTE_QUOTA per
 #   ROUTE_QUOTA_WINDOW s per X-Api-Key; "static" = backend3 for /static/, prefix stripped;
@@ -339,6 +395,12 @@ write_config() {
         if [[ $limiter == exempt ]]; then
             printf '# The load generator is on loopback: never limited, so volume is not throttled.\n'
             printf 'exempt = ["127.0.0.0/8", "::1/128"]\n\n'
+        elif [[ $limiter == redis ]]; then
+            printf '# Defaults (100 requests per 60 s per client, nothing exempt), counted in Redis: one\n'
+            printf '# budget per client for every replica.\n'
+            printf 'store = "redis"\nheaders = "both"\n\n'
+            printf '[rate_limit.redis]\nurl = "%s"\ntimeout_ms = %s\non_error = "local"\n\n' \
+                "$REDIS_URL" "$CLUSTER_STORE_TIMEOUT_MS"
         else
             printf '# Defaults: 100 requests per 60 s per client, nothing exempt.\n\n'
         fi
@@ -380,6 +442,9 @@ start_proxy() {
         poll $((READY_TIMEOUT_SECONDS * 1000)) 0.1 proxy_up ||
             die "the proxy was not ready (with ${#BACKEND_LABELS[@]} healthy backends) within ${READY_TIMEOUT_SECONDS}s; /ready says: $(curl -s --max-time 2 "$ADMIN_URL/ready" || true)"
         if ((STARTED_DIED == 0)); then
+            # Connected to Redis before the first request (else on_error would decide it).
+            [[ $limiter != redis ]] || poll $((READY_TIMEOUT_SECONDS * 1000)) 0.05 store_state_is "$ADMIN_URL" up ||
+                die "the proxy's rate-limit store is not up within ${READY_TIMEOUT_SECONDS}s; /ready says: $(curl -s --max-time 2 "$ADMIN_URL/ready" || true)"
             return 0
         fi
         stop_pid "$PROXY_PID"
@@ -409,21 +474,69 @@ compose_labels() {
     done
 }
 
-# compose_ready HEALTHY: /ready with HEALTHY healthy backends and the proxy port accepting.
+# store_settled ADMIN_URL: the proxy's rate-limit store is not connecting or down ("up", or a
+# local store: no state).
+store_settled() {
+    local state
+    state=$(store_state "$1")
+    [[ $state != connecting && $state != down ]]
+}
+
+# compose_ready HEALTHY [ADMIN_URL PROXY_URL]: /ready with HEALTHY healthy backends, the proxy
+# port accepting and the rate-limit store settled (default: the proxy service).
 compose_ready() {
-    ready_with "$ADMIN_URL" "$1" && tcp_open "$PROXY_HOST" "$PROXY_PORT"
+    local admin=${2:-$ADMIN_URL} url=${3:-$PROXY_URL} hostport
+    hostport=${url#*://}
+    hostport=${hostport%%/*}
+    ready_with "$admin" "$1" && tcp_open "${hostport%:*}" "${hostport##*:}" && store_settled "$admin"
 }
 
 compose_wait_ready() {
-    poll $((READY_TIMEOUT_SECONDS * 1000)) 0.5 compose_ready "$1" ||
-        die "the compose proxy was not ready with $1 healthy backends within ${READY_TIMEOUT_SECONDS}s; /ready says: $(curl -s --max-time 2 "$ADMIN_URL/ready" || true)"
+    local admin=${2:-$ADMIN_URL}
+    poll $((READY_TIMEOUT_SECONDS * 1000)) 0.5 compose_ready "$@" ||
+        die "the compose proxy at $admin was not ready with $1 healthy backends (and its store up) within ${READY_TIMEOUT_SECONDS}s; /ready says: $(curl -s --max-time 2 "$admin/ready" || true)"
 }
 
-# compose_fresh_proxy: restart the proxy container (fresh rate-limit window) and wait for it.
-compose_fresh_proxy() {
-    note "restarting the proxy container for a fresh rate-limit window (docker compose restart proxy)"
-    compose_do restart proxy || die "could not restart the proxy container"
+# compose_redis_cli ARGS...: redis-cli inside the redis container (its port is not published).
+compose_redis_cli() {
+    compose exec -T "$COMPOSE_REDIS" redis-cli "$@" 2>/dev/null | tr -d '\r'
+}
+
+compose_redis_up() { [[ $(compose_redis_cli PING) == PONG ]]; }
+
+# compose_redis_running: redis started (a run stopped half-way may have left it stopped) and
+# answering PING.
+compose_redis_running() {
+    compose_redis_up && return 0
+    note "starting $COMPOSE_REDIS (docker compose start $COMPOSE_REDIS)"
+    compose_do start "$COMPOSE_REDIS" || die "could not start $COMPOSE_REDIS"
+    poll $((READY_TIMEOUT_SECONDS * 1000)) 0.5 compose_redis_up ||
+        die "$COMPOSE_REDIS does not answer PING within ${READY_TIMEOUT_SECONDS}s (docker compose logs $COMPOSE_REDIS)"
+}
+
+# compose_flush: every client's count cleared in the shared store (FLUSHALL).
+compose_flush() {
+    local answer
+    note "clearing the shared rate-limit counts (docker compose exec $COMPOSE_REDIS redis-cli FLUSHALL)"
+    answer=$(compose_redis_cli FLUSHALL)
+    [[ $answer == OK ]] || die "FLUSHALL in $COMPOSE_REDIS failed: ${answer:-no answer}"
+}
+
+# compose_fresh_budget: a fresh rate-limit budget for the host. The replicas count in Redis, so
+# a restart of the proxy no longer resets it: Redis running, the proxy ready with its store
+# "up" (restarted only when it is not: stopped, or its store down, which only a request would
+# probe again; a proxy with a local store, which has no state, is restarted as before for its
+# fresh limiter), then FLUSHALL.
+compose_fresh_budget() {
+    local state
+    compose_redis_running
+    state=$(store_state "$ADMIN_URL")
+    if [[ -z $state || $state == down ]]; then
+        note "restarting the proxy container (docker compose restart proxy): its rate-limit store is ${state:-local or not answering}"
+        compose_do restart proxy || die "could not restart the proxy container"
+    fi
     compose_wait_ready "${#BACKEND_LABELS[@]}"
+    compose_flush
 }
 
 # Reads an integer key from config/docker.toml (first occurrence).
@@ -434,11 +547,12 @@ toml_int() {
 
 # ---- either ---------------------------------------------------------------------------------
 
-# stack_up LIMITER GRACE TIMEOUT: backends (once) and a fresh proxy; with --compose a restarted
-# proxy container (the compose config decides the limiter, drain settings, groups and routes).
+# stack_up LIMITER GRACE TIMEOUT: backends (once) and a fresh proxy; with --compose the proxy
+# container ready and the host's budget fresh (compose_fresh_budget; the compose config decides
+# the limiter, drain settings, groups and routes).
 stack_up() {
     if ((COMPOSE)); then
-        compose_fresh_proxy
+        compose_fresh_budget
     else
         ((${#BACKEND_PIDS[@]})) || start_backends
         if [[ -n $PROXY_PID ]]; then
@@ -537,7 +651,7 @@ scenario_ratelimit() {
         if ((first)); then
             # One more request, after the measurement: what a limited client is told.
             headers=$(curl -s -o /dev/null -D - --max-time 5 "$PROXY_URL/" |
-                tr -d '\r' | grep -i -E '^(HTTP/|ratelimit-|retry-after)' | paste -sd ' ' || true)
+                tr -d '\r' | grep -i -E '^(HTTP/|ratelimit|retry-after)' | paste -sd ' ' || true)
         fi
         first=0
     done
@@ -1061,6 +1175,380 @@ except (OSError, ValueError, AttributeError):
     expect_eq "gateway_rate_limited_total increase" "$limited" $((over + 1))
 }
 
+# ---- cluster --------------------------------------------------------------------------------
+
+# The replicas: R_NAMES (as printed: compose service names, or proxy and proxy2 locally),
+# R_URLS, R_ADMINS, R_PIDS (local); the local redis-server: REDIS_PID, REDIS_PORT, REDIS_URL.
+R_NAMES=() R_URLS=() R_ADMINS=() R_PIDS=()
+REDIS_PID='' REDIS_PORT='' REDIS_URL='' REDIS_STARTS=0
+
+# local_redis_up: the local redis-server answers PING, or it exited (STARTED_DIED=1).
+local_redis_up() {
+    alive "$REDIS_PID" || {
+        STARTED_DIED=1
+        return 0
+    }
+    redis_ping 127.0.0.1 "$REDIS_PORT"
+}
+
+# local_redis_start [PORT]: redis-server on 127.0.0.1:PORT (default: a free port, tried again on
+# another when it was taken in between, three times at most), persistence off (no RDB snapshot,
+# no AOF; its directory is in the work dir), started with spawn so that the EXIT trap stops it.
+local_redis_start() {
+    local want=${1:-} attempt log
+    mkdir -p "$WORK_DIR/redis"
+    for attempt in 1 2 3; do
+        REDIS_STARTS=$((REDIS_STARTS + 1))
+        REDIS_PORT=${want:-$(free_port)}
+        log=$WORK_DIR/redis$REDIS_STARTS.log
+        spawn "$log" "$REDIS_BIN" --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+            --dir "$WORK_DIR/redis" --daemonize no
+        REDIS_PID=$SPAWNED_PID
+        STARTED_DIED=0
+        poll $((READY_TIMEOUT_SECONDS * 1000)) 0.05 local_redis_up ||
+            die "redis-server did not answer PING on 127.0.0.1:$REDIS_PORT within ${READY_TIMEOUT_SECONDS}s (log: $log)"
+        if ((STARTED_DIED == 0)); then
+            REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+            return 0
+        fi
+        stop_pid "$REDIS_PID"
+        [[ -z $want ]] || die "redis-server could not start again on port $want: $(tail -n 3 "$log")"
+        warn "redis-server failed to start (attempt $attempt): $(tail -n 3 "$log")"
+    done
+    die "redis-server did not start; see $WORK_DIR"
+}
+
+# cluster_send OUT SRC N URL...: N requests one after another, request i to URL[i mod count],
+# each on a new connection from source address SRC ("-": any). Appends one line per request to
+# OUT: "TARGET STATUS LIMIT REMAINING RETRY_AFTER IETF_R POLICY" (TARGET the index of its URL;
+# LIMIT, REMAINING: RateLimit-Limit, RateLimit-Remaining; IETF_R: r= of the RateLimit field;
+# POLICY: RateLimit-Policy without blanks; "-" for what is absent; STATUS 000 when there was no
+# HTTP answer).
+cluster_send() {
+    python3 - "$@" <<'PY'
+import http.client, re, sys
+from urllib.parse import urlsplit
+out, src, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+urls = [urlsplit(u) for u in sys.argv[4:]]
+with open(out, "a", encoding="utf-8") as f:
+    for i in range(n):
+        k = i % len(urls)
+        u = urls[k]
+        fields = [str(k), "000", "-", "-", "-", "-", "-"]
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5,
+                                          source_address=None if src == "-" else (src, 0))
+        try:
+            conn.request("GET", u.path or "/", headers={"Connection": "close"})
+            r = conn.getresponse()
+            r.read()
+            def h(name):
+                return "".join((r.getheader(name) or "-").split())
+            m = re.search(r";\s*r=(\d+)", r.getheader("RateLimit") or "")
+            fields = [str(k), str(r.status), h("RateLimit-Limit"), h("RateLimit-Remaining"),
+                      h("Retry-After"), m.group(1) if m else "-", h("RateLimit-Policy")]
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        f.write(" ".join(fields) + "\n")
+PY
+}
+
+# sent_count FILE AWK_CONDITION: lines of a cluster_send file that meet the condition ($1 target,
+# $2 status, $3 limit, $4 remaining, $5 Retry-After, $6 IETF r, $7 policy).
+sent_count() {
+    awk "$2 { n++ } END { printf \"%d\\n\", n }" "$1"
+}
+
+# sent_remaining FILE: RateLimit-Remaining of the 2xx answers, in order, space-separated.
+sent_remaining() {
+    awk '$2 ~ /^2/ { printf "%s%s", sep, $4; sep = " " } END { print "" }' "$1"
+}
+
+# sent_summary FILE: a cluster_send file in one line (burst_summary's runs of one status).
+sent_summary() {
+    awk '{ print $2, $3, $4, $5 }' "$1" >"$1.summary"
+    burst_summary "$1.summary"
+}
+
+# expect_countdown WHAT ACTUAL FROM N: ACTUAL is FROM, FROM-1, ... (N numbers, space-separated);
+# printed as a range when it is.
+expect_countdown() {
+    local want
+    want=$(countdown "$3" "$4")
+    if [[ $2 == "$want" ]]; then
+        pass_line "$1 = $3..$(($3 - $4 + 1)), one by one"
+    else
+        fail_line "$1: expected $3..$(($3 - $4 + 1)) one by one, got ${2:-none}"
+    fi
+}
+
+# store_errors FILE: gateway_rate_limit_store_errors_total in a scrape (0 when absent).
+store_errors() {
+    awk '$1 == "gateway_rate_limit_store_errors_total" { v = $2 } END { printf "%d\n", v }' "$1"
+}
+
+# CLUSTER_ROWS: the table's rows; cluster_row LABEL BEFORE AFTER SENT_FILE TARGET appends one:
+# the proxy's counts from two scrapes of one replica, sent and failed (000) from the client's
+# lines for TARGET.
+CLUSTER_ROWS=()
+cluster_row() {
+    local sent failed
+    delta "$2" "$3"
+    sent=$(sent_count "$4" "\$1 == $5")
+    failed=$(sent_count "$4" "\$1 == $5 && \$2 == \"000\"")
+    CLUSTER_ROWS+=("$(table_row "$1" "$sent" "$failed" -)")
+}
+
+# replica_settled I FILE BASE N: scrape replica I until it counted N requests over BASE.
+replica_settled() {
+    scrape_settled "${R_ADMINS[$1]}" "$2" "$(requests_total "$3")" "$4"
+}
+
+REPLICA2_KILLED=0
+REDIS_STOPPED=0
+# compose_restore_cluster: what cluster stopped, started again (also the EXIT trap's hook).
+compose_restore_cluster() {
+    if ((REDIS_STOPPED)); then
+        note "starting $COMPOSE_REDIS again (docker compose start $COMPOSE_REDIS)"
+        compose_do start "$COMPOSE_REDIS" && REDIS_STOPPED=0
+    fi
+    if ((REPLICA2_KILLED)); then
+        note "starting $COMPOSE_REPLICA2 again (docker compose start $COMPOSE_REPLICA2)"
+        compose_do start "$COMPOSE_REPLICA2" && REPLICA2_KILLED=0
+    fi
+    ((REDIS_STOPPED == 0 && REPLICA2_KILLED == 0))
+}
+
+# cluster_setup: Redis, backends and two replicas with store = "redis", each ready with its
+# store up. With --compose: redis and proxy2 started when stopped, both replicas restarted
+# (fresh limiters of their own: phase 3 counts in replica 1's).
+cluster_setup() {
+    local i
+    if ((COMPOSE)); then
+        R_NAMES=(proxy "$COMPOSE_REPLICA2")
+        R_URLS=("$COMPOSE_PROXY_URL" "$COMPOSE_PROXY2_URL")
+        R_ADMINS=("$COMPOSE_ADMIN_URL" "$COMPOSE_ADMIN2_URL")
+        CLEANUP_HOOKS+=(compose_restore_cluster)
+        compose_redis_running
+        compose_do start "$COMPOSE_REPLICA2" || die "could not start $COMPOSE_REPLICA2"
+        note "restarting both replicas (docker compose restart proxy $COMPOSE_REPLICA2): fresh limiters of their own"
+        compose_do restart proxy "$COMPOSE_REPLICA2" || die "could not restart the replicas"
+        for i in 0 1; do
+            compose_wait_ready "${#BACKEND_LABELS[@]}" "${R_ADMINS[i]}" "${R_URLS[i]}"
+        done
+    else
+        need_tool "$REDIS_BIN" "sudo apt-get install -y redis-server"
+        need_tool redis-cli "sudo apt-get install -y redis-tools"
+        start_backends
+        local_redis_start
+        R_NAMES=(proxy proxy2)
+        for i in 0 1; do
+            start_proxy redis 0 1
+            R_URLS[i]=$PROXY_URL R_ADMINS[i]=$ADMIN_URL R_PIDS[i]=$PROXY_PID
+        done
+    fi
+}
+
+# cluster_client PHASE [keep]: CLIENT_SRC, the client of a phase, with a budget of its own:
+# locally a source address of its own (127.0.0.1PHASE); with --compose the host ("-": one
+# client), whose count is cleared in Redis (FLUSHALL) unless "keep" is given.
+CLIENT_SRC=-
+cluster_client() {
+    if ((COMPOSE)); then
+        [[ ${2:-} == keep ]] || compose_flush
+        CLIENT_SRC=-
+    else
+        CLIENT_SRC=127.0.0.1$1
+    fi
+}
+
+# ready_line ADMIN_URL: "HTTP STATUS STATE" of /ready (its code and rate_limit_store.state).
+ready_line() {
+    local code state
+    code=$(http_code "$1/ready")
+    state=$(store_state "$1")
+    printf '%s %s\n' "$code" "${state:--}"
+}
+
+scenario_cluster() {
+    local limit=$RATE_LIMIT sent=$RATE_SENT k=$CLUSTER_KILL_AFTER n3=$CLUSTER_DOWN_REQUESTS
+    local over=$((RATE_SENT - RATE_LIMIT)) w=$WORK_DIR i
+    cluster_setup
+    scenario_title "two replicas, one budget per client in Redis (limit $limit per 60 s): $sent alternating; replica 2 killed after $k; Redis stopped; Redis back"
+    if ((COMPOSE)); then
+        say "r1 = ${R_NAMES[0]} ${R_URLS[0]} (admin ${R_ADMINS[0]}), r2 = ${R_NAMES[1]} ${R_URLS[1]} (admin ${R_ADMINS[1]}); Redis: compose service $COMPOSE_REDIS (not published)"
+    else
+        say "r1 = ${R_NAMES[0]} ${R_URLS[0]} (admin ${R_ADMINS[0]}), r2 = ${R_NAMES[1]} ${R_URLS[1]} (admin ${R_ADMINS[1]}); Redis: $REDIS_URL (pid $REDIS_PID)"
+    fi
+    local names=""
+    for i in "${!BACKEND_LABELS[@]}"; do names+="${names:+, }${BACKEND_NAMES[i]}=${BACKEND_LABELS[i]}"; done
+    say "backends: $names"
+
+    # -- 1. One budget across both replicas.
+    local p1_src p1_err0=() p1_err1=()
+    cluster_client 1
+    p1_src=$CLIENT_SRC
+    for i in 0 1; do
+        scrape "${R_ADMINS[i]}" "$w/p1.r$i.m0"
+        p1_err0[i]=$(store_errors "$w/p1.r$i.m0")
+    done
+    cluster_send "$w/c1" "$p1_src" "$sent" "${R_URLS[0]}/" "${R_URLS[1]}/"
+    replica_settled 0 "$w/p1.r0.m1" "$w/p1.r0.m0" $(((sent + 1) / 2))
+    replica_settled 1 "$w/p1.r1.m1" "$w/p1.r1.m0" $((sent / 2))
+    local p1_m2xx=0 p1_m429=0 p1_mbad=0 p1_limited=0
+    for i in 0 1; do
+        cluster_row "1 alternate r$((i + 1))" "$w/p1.r$i.m0" "$w/p1.r$i.m1" "$w/c1" "$i"
+        p1_m2xx=$((p1_m2xx + D_2XX)) p1_m429=$((p1_m429 + D_429)) p1_mbad=$((p1_mbad + D_5XX + D_OTHER))
+        p1_limited=$((p1_limited + D_LIMITED))
+        p1_err1[i]=$(store_errors "$w/p1.r$i.m1")
+    done
+
+    # -- 2. Replica 2 killed mid-run: replica 1 goes on with the count both left in Redis.
+    local p2_src before_r1 before_r2 first_after
+    cluster_client 2
+    p2_src=$CLIENT_SRC
+    for i in 0 1; do scrape "${R_ADMINS[i]}" "$w/p2.r$i.m0"; done
+    cluster_send "$w/c2a" "$p2_src" "$k" "${R_URLS[0]}/" "${R_URLS[1]}/"
+    replica_settled 0 "$w/p2.r0.m1" "$w/p2.r0.m0" $(((k + 1) / 2))
+    replica_settled 1 "$w/p2.r1.m1" "$w/p2.r1.m0" $((k / 2))
+    if ((COMPOSE)); then
+        REPLICA2_KILLED=1
+        compose_do kill "$COMPOSE_REPLICA2" || die "could not kill $COMPOSE_REPLICA2"
+        say "phase 2: killed r2 with docker compose kill $COMPOSE_REPLICA2 (SIGKILL) after $k requests"
+    else
+        { kill -KILL "${R_PIDS[1]}" && wait "${R_PIDS[1]}"; } 2>/dev/null || true
+        stop_pid "${R_PIDS[1]}"
+        say "phase 2: killed r2 (pid ${R_PIDS[1]}) with SIGKILL after $k requests"
+    fi
+    cluster_send "$w/c2x" "$p2_src" 1 "${R_URLS[1]}/"
+    cluster_send "$w/c2b" "$p2_src" $((sent - k)) "${R_URLS[0]}/"
+    replica_settled 0 "$w/p2.r0.m2" "$w/p2.r0.m1" $((sent - k))
+    cluster_row "2 before kill r1" "$w/p2.r0.m0" "$w/p2.r0.m1" "$w/c2a" 0
+    before_r1=$D_2XX
+    cluster_row "2 before kill r2" "$w/p2.r1.m0" "$w/p2.r1.m1" "$w/c2a" 1
+    before_r2=$D_2XX
+    cluster_row "2 after kill r1" "$w/p2.r0.m1" "$w/p2.r0.m2" "$w/c2b" 0
+    local after_2xx=$D_2XX after_429=$D_429 after_bad=$((D_5XX + D_OTHER))
+    first_after=$(awk '$2 ~ /^2/ { print $4; exit }' "$w/c2b")
+
+    # -- 3. Redis stopped: on_error = "local", replica 1's own exact limiter decides.
+    local p3_src p3_err0 p3_err1 p3_ready
+    cluster_client 3 keep
+    p3_src=$CLIENT_SRC
+    if ((COMPOSE)); then
+        REDIS_STOPPED=1
+        compose_do stop "$COMPOSE_REDIS" || die "could not stop $COMPOSE_REDIS"
+        say "phase 3: stopped Redis (docker compose stop $COMPOSE_REDIS)"
+    else
+        stop_pid "$REDIS_PID"
+        say "phase 3: stopped Redis (SIGTERM to pid $REDIS_PID; it has exited)"
+    fi
+    scrape "${R_ADMINS[0]}" "$w/p3.r0.m0"
+    p3_err0=$(store_errors "$w/p3.r0.m0")
+    cluster_send "$w/c3" "$p3_src" "$n3" "${R_URLS[0]}/"
+    replica_settled 0 "$w/p3.r0.m1" "$w/p3.r0.m0" "$n3"
+    p3_err1=$(store_errors "$w/p3.r0.m1")
+    p3_ready=$(ready_line "${R_ADMINS[0]}")
+    cluster_row "3 redis down r1" "$w/p3.r0.m0" "$w/p3.r0.m1" "$w/c3" 0
+    local p3_2xx=$D_2XX p3_429=$D_429 p3_bad=$((D_5XX + D_OTHER))
+    local p3_want2xx=$((n3 < limit ? n3 : limit))
+
+    # -- 4. Redis back (empty: no persistence): replica 1 probes it again; replica 2 back; one
+    # shared budget again.
+    local p4_src p4_probes=0 p4_ready p5_src
+    cluster_client 4 keep
+    p4_src=$CLIENT_SRC
+    if ((COMPOSE)); then
+        compose_do start "$COMPOSE_REDIS" || die "could not start $COMPOSE_REDIS again"
+        poll $((READY_TIMEOUT_SECONDS * 1000)) 0.5 compose_redis_up || die "$COMPOSE_REDIS does not answer PING after its start"
+        REDIS_STOPPED=0
+        say "phase 4: started Redis again (docker compose start $COMPOSE_REDIS)"
+    else
+        local_redis_start "$REDIS_PORT"
+        say "phase 4: started Redis again on the same port (pid $REDIS_PID)"
+    fi
+    scrape "${R_ADMINS[0]}" "$w/p4.r0.m0"
+    # Each request while the store is down may be the probe (one per 250 ms): a few, spaced.
+    for ((i = 0; i < 40; i++)); do
+        store_state_is "${R_ADMINS[0]}" up && break
+        cluster_send "$w/c4" "$p4_src" 1 "${R_URLS[0]}/"
+        p4_probes=$((p4_probes + 1))
+        sleep 0.3
+    done
+    p4_ready=$(ready_line "${R_ADMINS[0]}")
+    [[ -f $w/c4 ]] || : >"$w/c4"
+    replica_settled 0 "$w/p4.r0.m1" "$w/p4.r0.m0" "$p4_probes"
+    cluster_row "4 redis back r1" "$w/p4.r0.m0" "$w/p4.r0.m1" "$w/c4" 0
+    local p4_bad=$((D_5XX + D_OTHER))
+    if ((COMPOSE)); then
+        compose_do start "$COMPOSE_REPLICA2" || die "could not start $COMPOSE_REPLICA2 again"
+        compose_wait_ready "${#BACKEND_LABELS[@]}" "${R_ADMINS[1]}" "${R_URLS[1]}"
+        REPLICA2_KILLED=0
+        say "phase 4: started r2 again (docker compose start $COMPOSE_REPLICA2)"
+    else
+        start_proxy redis 0 1
+        R_URLS[1]=$PROXY_URL R_ADMINS[1]=$ADMIN_URL R_PIDS[1]=$PROXY_PID
+        say "phase 4: started r2 again: ${R_URLS[1]} (admin ${R_ADMINS[1]}, pid ${R_PIDS[1]})"
+    fi
+    cluster_client 5
+    p5_src=$CLIENT_SRC
+    for i in 0 1; do scrape "${R_ADMINS[i]}" "$w/p5.r$i.m0"; done
+    cluster_send "$w/c5" "$p5_src" 4 "${R_URLS[0]}/" "${R_URLS[1]}/"
+    for i in 0 1; do
+        replica_settled "$i" "$w/p5.r$i.m1" "$w/p5.r$i.m0" 2
+        cluster_row "4 shared r$((i + 1))" "$w/p5.r$i.m0" "$w/p5.r$i.m1" "$w/c5" "$i"
+    done
+    if ((COMPOSE)); then
+        compose_wait_ready "${#BACKEND_LABELS[@]}"
+    fi
+
+    table_header
+    printf '%s\n' "${CLUSTER_ROWS[@]}"
+    say "1: $(sent_summary "$w/c1")"
+    say "   first answers: $(awk 'NR <= 4 { printf "%sr%d %s Remaining %s (RateLimit r=%s)", sep, $1 + 1, $2, $4, $6; sep = ", " }' "$w/c1"); RateLimit-Policy $(awk '{ print $7; exit }' "$w/c1")"
+    say "2: before the kill $(sent_summary "$w/c2a"); r2 after the kill: status $(awk '{ print $2; exit }' "$w/c2x"); r1 after: $(sent_summary "$w/c2b")"
+    say "3: $(sent_summary "$w/c3"); r1 /ready: HTTP ${p3_ready% *}, rate_limit_store.state ${p3_ready#* }; gateway_rate_limit_store_errors_total $p3_err0 -> $p3_err1"
+    say "4: r1 after Redis came back: $p4_probes request(s) until /ready said store up (statuses: $(awk '{ printf "%s%s", sep, $2; sep = " " } END { print "" }' "$w/c4")); /ready: HTTP ${p4_ready% *}, state ${p4_ready#* }; then alternating: $(awk '{ printf "%sr%d %s Remaining %s", sep, $1 + 1, $2, $4; sep = ", " }' "$w/c5")"
+
+    say " 1. $sent requests alternating between r1 and r2, one client:"
+    expect_eq "2xx (the client's answers)" "$(sent_count "$w/c1" '$2 ~ /^2/')" "$limit"
+    expect_eq "429 (the client's answers)" "$(sent_count "$w/c1" '$2 == 429')" "$over"
+    expect_eq "2xx counted by the replicas" "$p1_m2xx" "$limit"
+    expect_eq "429 counted by the replicas" "$p1_m429" "$over"
+    expect_eq "gateway_rate_limited_total increase (both)" "$p1_limited" "$over"
+    expect_eq "5xx, other statuses and failed requests" $((p1_mbad + $(sent_count "$w/c1" '$2 !~ /^2/ && $2 != 429'))) 0
+    expect_eq "2xx answered by r1, by r2" "$(sent_count "$w/c1" '$1 == 0 && $2 ~ /^2/') $(sent_count "$w/c1" '$1 == 1 && $2 ~ /^2/')" "$((limit / 2)) $((limit - limit / 2))"
+    expect_countdown "RateLimit-Remaining of the 2xx, across both" "$(sent_remaining "$w/c1")" $((limit - 1)) "$limit"
+    expect_eq "RateLimit r= equal to RateLimit-Remaining on every answer" "$(sent_count "$w/c1" '$4 != $6')" 0
+    expect_eq "RateLimit-Policy" "$(awk '{ print $7; exit }' "$w/c1")" "\"default\";q=$limit;w=60"
+    expect_eq "429 with a Retry-After of at least 1 s" "$(sent_count "$w/c1" '$2 == 429 && $5 ~ /^[0-9]+$/ && $5 >= 1')" "$over"
+    expect_eq "store errors on r1, r2 (every check answered by Redis)" "$((p1_err1[0] - p1_err0[0])) $((p1_err1[1] - p1_err0[1]))" "0 0"
+    say " 2. a fresh client: $k alternating, r2 SIGKILLed, $((sent - k)) to r1:"
+    expect_eq "2xx before the kill (r1 + r2)" "$(sent_count "$w/c2a" '$2 ~ /^2/') ($before_r1 + $before_r2)" "$k ($(((k + 1) / 2)) + $((k / 2)))"
+    expect_eq "r2 after the kill (no HTTP answer)" "$(awk '{ print $2; exit }' "$w/c2x")" 000
+    expect_eq "first RateLimit-Remaining from r1 after the kill (the shared count)" "${first_after:--}" $((limit - k - 1))
+    expect_eq "2xx from r1 after the kill" "$after_2xx" $((limit - k))
+    expect_eq "429 from r1 after the kill" "$after_429" "$over"
+    expect_eq "2xx in all (the limit, though a replica died)" "$(($(sent_count "$w/c2a" '$2 ~ /^2/') + $(sent_count "$w/c2b" '$2 ~ /^2/')))" "$limit"
+    expect_eq "5xx, other statuses and failed requests to r1" $((after_bad + $(sent_count "$w/c2b" '$2 !~ /^2/ && $2 != 429'))) 0
+    say " 3. Redis stopped, $n3 requests to r1 (on_error = \"local\"):"
+    expect_eq "5xx and other statuses" "$p3_bad" 0
+    expect_eq "failed requests (no HTTP answer)" "$(sent_count "$w/c3" '$2 == "000"')" 0
+    expect_eq "2xx (r1's own exact limiter)" "$p3_2xx" "$p3_want2xx"
+    expect_eq "429" "$p3_429" $((n3 - p3_want2xx))
+    expect_countdown "RateLimit-Remaining of the 2xx" "$(sent_remaining "$w/c3")" $((limit - 1)) "$p3_want2xx"
+    expect_true "gateway_rate_limit_store_errors_total grew" $((p3_err1 > p3_err0 ? 0 : 1)) "$p3_err0 -> $p3_err1"
+    expect_eq "r1 /ready: HTTP status, rate_limit_store.state" "$p3_ready" "200 down"
+    say " 4. Redis back:"
+    expect_eq "r1 /ready: HTTP status, rate_limit_store.state" "$p4_ready" "200 up"
+    expect_eq "5xx, other statuses and failed requests while it recovered" \
+        $((p4_bad + $(sent_count "$w/c4" '$2 !~ /^2/ && $2 != 429'))) 0
+    expect_eq "alternating r1, r2, r1, r2: status and RateLimit-Remaining" \
+        "$(awk '{ printf "%s%s/%s", sep, $2, $4; sep = " " } END { print "" }' "$w/c5")" \
+        "200/$((limit - 1)) 200/$((limit - 2)) 200/$((limit - 3)) 200/$((limit - 4))"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Main
 
@@ -1069,10 +1557,7 @@ preflight() {
     if ((COMPOSE)); then
         PROXY_URL=$COMPOSE_PROXY_URL
         ADMIN_URL=$COMPOSE_ADMIN_URL
-        local hostport=${PROXY_URL#*://} cid
-        hostport=${hostport%%/*}
-        PROXY_HOST=${hostport%:*}
-        PROXY_PORT=${hostport##*:}
+        local cid
         compose_labels
         docker info >/dev/null 2>&1 ||
             die "cannot reach the Docker engine ('docker info' failed); start it, then the stack: docker compose up -d --build"

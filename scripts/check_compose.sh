@@ -10,8 +10,11 @@
 #   4. `docker compose up -d` (v2 plugin when present, else docker-compose v1) and waits until
 #      every container's health check passes (Grafana is left out when its image is missing,
 #      and its provisioning and dashboard are then checked statically);
-#   5. loadtest/run_ab.sh all --compose: every scenario against the stack;
-#   6. Prometheus' HTTP API: the `gateway` target is up and gateway_requests_total moved;
+#   5. loadtest/run_ab.sh all --compose: every scenario against the stack (cluster included:
+#      the two replicas, proxy and proxy2, sharing their limits through the redis service);
+#   6. Prometheus' HTTP API: both targets of job `gateway` (proxy:9091 and proxy2:9091) are up,
+#      and each replica's gateway_requests_total moved and its shared-store latency histogram
+#      (gateway_rate_limit_store_seconds) counted checks;
 #   7. `down -v`, then checks that no container, network or volume of the run is left, pass or
 #      fail.
 # Exits non-zero with the reason on the first failure. Logs (dockerd, build, compose) are kept in
@@ -21,7 +24,8 @@
 #
 # Settings (environment): DOCKER (the docker CLI, see scripts/lib.sh docker_cli),
 # CHECK_COMPOSE_PROJECT [gateway-check] (compose project name of the run),
-# GATEWAY_HTTP_PORT, GATEWAY_ADMIN_PORT, PROMETHEUS_PORT, GRAFANA_PORT [free ports],
+# GATEWAY_HTTP_PORT, GATEWAY_ADMIN_PORT, GATEWAY2_HTTP_PORT, GATEWAY2_ADMIN_PORT, PROMETHEUS_PORT,
+# GRAFANA_PORT [free ports],
 # HEALTH_TIMEOUT_SECONDS [180], KEEP_TMP=1 (keep the logs when it passes too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -259,12 +263,14 @@ lap build "$t"
 
 # ---- Stack ------------------------------------------------------------------------------------
 
-for v in GATEWAY_HTTP_PORT GATEWAY_ADMIN_PORT PROMETHEUS_PORT GRAFANA_PORT; do
+for v in GATEWAY_HTTP_PORT GATEWAY_ADMIN_PORT GATEWAY2_HTTP_PORT GATEWAY2_ADMIN_PORT PROMETHEUS_PORT GRAFANA_PORT; do
   [ -n "${!v:-}" ] || printf -v "$v" '%s' "$(free_port)"
   export "${v?}"
 done
 export COMPOSE_PROXY_URL=http://127.0.0.1:$GATEWAY_HTTP_PORT
 export COMPOSE_ADMIN_URL=http://127.0.0.1:$GATEWAY_ADMIN_PORT
+export COMPOSE_PROXY2_URL=http://127.0.0.1:$GATEWAY2_HTTP_PORT
+export COMPOSE_ADMIN2_URL=http://127.0.0.1:$GATEWAY2_ADMIN_PORT
 PROM=http://127.0.0.1:$PROMETHEUS_PORT
 
 services=() left_out=()
@@ -287,7 +293,7 @@ t=$SECONDS
 # A run killed half-way may have left this project's containers: start clean.
 compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 STACK=1
-report "${COMPOSE_CMD[*]} up -d ${services[*]} (proxy on 127.0.0.1:$GATEWAY_HTTP_PORT, admin :$GATEWAY_ADMIN_PORT, Prometheus :$PROMETHEUS_PORT)"
+report "${COMPOSE_CMD[*]} up -d ${services[*]} (proxy on 127.0.0.1:$GATEWAY_HTTP_PORT, admin :$GATEWAY_ADMIN_PORT; proxy2 on :$GATEWAY2_HTTP_PORT, admin :$GATEWAY2_ADMIN_PORT; Prometheus :$PROMETHEUS_PORT)"
 if ! compose up -d --no-build "${services[@]}" >"$work/up.log" 2>&1; then
   tail -n 20 "$work/up.log" >&2
   fail "${COMPOSE_CMD[*]} up -d failed (log above)"
@@ -374,12 +380,28 @@ prom_value() {
 r = json.load(sys.stdin)["data"]["result"]
 print(r[0]["value"][1] if r else "")'
 }
-# gateway_target_up: Prometheus' active target of job "gateway" reports health "up".
-gateway_target_up() {
+# The replicas Prometheus must scrape (prometheus/prometheus.yml, job "gateway").
+GATEWAY_INSTANCES=(proxy:9091 proxy2:9091)
+# gateway_targets_up: Prometheus' active targets of job "gateway" are exactly GATEWAY_INSTANCES,
+# each with health "up".
+gateway_targets_up() {
   curl -fsS --max-time 5 "$PROM/api/v1/targets?state=active" 2>/dev/null |
     python3 -c 'import json, sys
-t = [t for t in json.load(sys.stdin)["data"]["activeTargets"] if t["labels"].get("job") == "gateway"]
-sys.exit(0 if t and all(x["health"] == "up" for x in t) else 1)'
+want = set(sys.argv[1:])
+t = {x["labels"].get("instance"): x["health"] for x in json.load(sys.stdin)["data"]["activeTargets"]
+     if x["labels"].get("job") == "gateway"}
+sys.exit(0 if set(t) == want and all(h == "up" for h in t.values()) else 1)' "${GATEWAY_INSTANCES[@]}"
+}
+# gateway_targets: "instance=health ..." of job "gateway", for the failure message.
+gateway_targets() {
+  curl -fsS --max-time 5 "$PROM/api/v1/targets?state=active" 2>/dev/null |
+    python3 -c 'import json, sys
+print(" ".join("%s=%s" % (x["labels"].get("instance"), x["health"]) for x in json.load(sys.stdin)["data"]["activeTargets"]
+               if x["labels"].get("job") == "gateway") or "none")' || echo "no answer"
+}
+# above QUERY: QUERY's value (empty result: 0) is greater than 0.
+above() {
+  python3 -c 'import sys; sys.exit(0 if float(sys.argv[1] or 0) > 0 else 1)' "$(prom_value "$1" || true)"
 }
 
 before=$(prom_value 'sum(gateway_requests_total)') || fail "Prometheus does not answer at $PROM"
@@ -394,11 +416,13 @@ if [ "$rc" != 0 ]; then
 fi
 
 t=$SECONDS
+# cluster killed proxy2 and started it again: up again within a few scrapes (every 5 s).
 for ((i = 0; i < 60; i++)); do
-  gateway_target_up && break
+  gateway_targets_up && break
   sleep 0.5
 done
-gateway_target_up || fail "Prometheus: the gateway target is not up ($PROM/api/v1/targets)"
+gateway_targets_up ||
+  fail "Prometheus: the gateway targets are not ${GATEWAY_INSTANCES[*]}, all up (have: $(gateway_targets); $PROM/api/v1/targets)"
 window=$((SECONDS - T_START + 60))
 moved=
 for ((i = 0; i < 30; i++)); do
@@ -408,7 +432,19 @@ for ((i = 0; i < 30; i++)); do
 done
 python3 -c 'import sys; sys.exit(0 if float(sys.argv[1] or 0) > float(sys.argv[2]) else 1)' "${moved:-0}" "$before" ||
   fail "Prometheus: gateway_requests_total did not move (before the scenarios ${before}, highest since ${moved:-none})"
-report "Prometheus: target gateway up; gateway_requests_total went from $before to ${moved} (highest sum scraped)"
+# Each replica on its own: it answered requests, and it counted them in Redis (a killed and
+# restarted replica starts its counters from 0 again: the highest value since the start counts).
+for inst in "${GATEWAY_INSTANCES[@]}"; do
+  for what in gateway_requests_total gateway_rate_limit_store_seconds_count; do
+    q="max_over_time(sum(${what}{job=\"gateway\",instance=\"$inst\"})[${window}s:5s])"
+    for ((i = 0; i < 30; i++)); do
+      above "$q" && break
+      sleep 1
+    done
+    above "$q" || fail "Prometheus: $what of $inst never went above 0 ($q)"
+  done
+done
+report "Prometheus: targets ${GATEWAY_INSTANCES[*]} up, each with requests and shared-store checks; gateway_requests_total went from $before to ${moved} (highest sum scraped)"
 lap prometheus "$t"
 
 t=$SECONDS

@@ -22,6 +22,8 @@
 #     profile_callgrind.sh)     start_nginx_backend start_bench_backends start_ours start_bare
 #                               start_nginx_proxy start_haproxy ours_metric_sum
 #                               start_redis redis_cli start_ours_redis
+#   Redis and the proxy's store redis_ping store_state store_state_is
+#     (run_ab.sh cluster, check_dashboard_live.sh)
 #
 # Sourcing it only defines functions and sets the globals below (no process is started).
 
@@ -849,3 +851,19 @@ ${EXTRA_TOML:-}" start_ours "$name" "$2" "$3" "$4" $'true\nstore = "redis"' fals
   done
   log_die "$name: /ready does not report the redis store up (last: ${body:-no answer})"
 }
+
+# ---- Redis and the proxy's shared store (loadtest/run_ab.sh cluster, check_dashboard_live.sh) --
+
+# redis_ping HOST PORT: a redis-server answers PING at HOST:PORT.
+redis_ping() { [[ $(redis-cli -h "$1" -p "$2" PING 2>/dev/null) == PONG ]]; }
+
+# store_state ADMIN_URL: rate_limit_store.state on the proxy's /ready ("up", "down" or
+# "connecting"; empty when its store is local or the admin listener does not answer). /ready
+# answers 503 with the same body when the proxy is not ready, so the body is read either way.
+store_state() {
+  curl -s --max-time 2 "$1/ready" 2>/dev/null |
+    sed -n 's/.*"rate_limit_store":{[^}]*"state":"\([a-z]*\)".*/\1/p'
+}
+
+# store_state_is ADMIN_URL STATE: store_state is STATE (a condition for poll).
+store_state_is() { [[ $(store_state "$1") == "$2" ]]; }
