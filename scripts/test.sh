@@ -15,7 +15,7 @@ source scripts/lib.sh
 command -v cargo >/dev/null || { echo "cargo not found: install Rust >= 1.85 (https://rustup.rs)" >&2; exit 1; }
 ensure_packages cmake:cmake cc:gcc make:make curl:curl python3:python3 ab:apache2-utils \
   prometheus:prometheus promtool:prometheus docker-compose:docker-compose systemd-analyze:systemd \
-  shellcheck:shellcheck
+  shellcheck:shellcheck redis-server:redis-server redis-cli:redis-tools
 
 steps=0
 step() {
