@@ -99,6 +99,7 @@ pub fn build(
             StoreMetrics {
                 errors: metrics.store_errors.clone(),
                 seconds: metrics.store_seconds.clone(),
+                fallbacks: metrics.store_fallbacks.clone(),
             },
         )
     });

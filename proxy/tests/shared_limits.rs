@@ -154,6 +154,8 @@ async fn redis_down_falls_back_to_local_limits_and_comes_back() {
     assert_eq!(backend.requests().await - before, 40);
     let m = p1.metrics().await;
     assert!(m.sum("gateway_rate_limit_store_errors_total", &[]) >= 1.0);
+    // Every one of the 40 was decided by the fallback, skipped checks included.
+    assert_eq!(m.sum("gateway_rate_limit_store_fallbacks_total", &[]), 40.0);
     let state = get(p1.admin, "/ready").await;
     assert_eq!(state.status, 200, "a store outage never fails readiness");
     assert_eq!(state.json()["rate_limit_store"]["state"], "down");
@@ -268,6 +270,7 @@ async fn both_stores_give_the_same_numbers_for_the_same_requests() {
             errors: prometheus::IntCounter::new("e", "e").unwrap(),
             seconds: prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("s", "s"))
                 .unwrap(),
+            fallbacks: prometheus::IntCounter::new("f", "f").unwrap(),
         },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -92,20 +92,23 @@ impl Quota {
                 decision: Some(decision),
                 shared: true,
             },
-            Err(_) => Checked {
-                decision: match store.settings().on_error {
-                    OnStoreError::Local => Some(self.limiter.check(key, now)),
-                    OnStoreError::Allow => None,
-                    OnStoreError::Deny => Some(Decision {
-                        allowed: false,
-                        limit: limits.requests,
-                        remaining: 0,
-                        reset_secs: 1,
-                        retry_after_secs: 1,
-                    }),
-                },
-                shared: false,
-            },
+            Err(_) => {
+                store.count_fallback();
+                Checked {
+                    decision: match store.settings().on_error {
+                        OnStoreError::Local => Some(self.limiter.check(key, now)),
+                        OnStoreError::Allow => None,
+                        OnStoreError::Deny => Some(Decision {
+                            allowed: false,
+                            limit: limits.requests,
+                            remaining: 0,
+                            reset_secs: 1,
+                            retry_after_secs: 1,
+                        }),
+                    },
+                    shared: false,
+                }
+            }
         }
     }
 

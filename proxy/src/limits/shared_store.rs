@@ -107,6 +107,8 @@ impl std::fmt::Display for StoreError {
 pub struct StoreMetrics {
     pub errors: IntCounter,
     pub seconds: Histogram,
+    /// Checks `on_error` decided: failed ones and those skipped while the store is down.
+    pub fallbacks: IntCounter,
 }
 
 /// The shared store, owned by the app (one per process, built from the settings at start).
@@ -137,6 +139,11 @@ impl SharedStore {
 
     pub fn settings(&self) -> &RedisSettings {
         &self.settings
+    }
+
+    /// Counts a check that `on_error` decided.
+    pub fn count_fallback(&self) {
+        self.metrics.fallbacks.inc();
     }
 
     /// `connecting`, `up` or `down`, for `/ready`.

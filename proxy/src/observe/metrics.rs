@@ -56,6 +56,7 @@ pub struct Metrics {
     /// The shared rate-limit store: failed checks and check latency.
     pub store_errors: IntCounter,
     pub store_seconds: Histogram,
+    pub store_fallbacks: IntCounter,
     /// Handles of configured backends by group and label, so rediscovery keeps health-driven
     /// values.
     backends: Mutex<HashMap<BackendKey, Arc<BackendMetrics>>>,
@@ -172,6 +173,10 @@ impl Metrics {
             )
             .buckets(STORE_BUCKETS.to_vec()),
         )?;
+        let store_fallbacks = IntCounter::new(
+            "gateway_rate_limit_store_fallbacks_total",
+            "Shared rate-limit checks rate_limit.redis.on_error decided: failed ones and those skipped while the store is down",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("gateway_build_info", "Build information; always 1"),
             &["version"],
@@ -200,6 +205,7 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_seconds.clone()))?;
+        registry.register(Box::new(store_fallbacks.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -225,6 +231,7 @@ impl Metrics {
             upstream_errors,
             store_errors,
             store_seconds,
+            store_fallbacks,
             backends: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
         })
