@@ -25,6 +25,7 @@ use crate::ops::admin::{AdminApp, AdminServer};
 use crate::ops::lifecycle::{DrainWatcher, SharedLogGuards};
 use crate::ops::reload::Reloader;
 use crate::ops::signals::{PendingReload, ShutdownSignals};
+use crate::tls::terminator::TlsTerminator;
 use crate::upstream::discovery::SystemResolver;
 use crate::upstream::group::plan_cores;
 use crate::upstream::supervisor::GroupSupervisor;
@@ -114,6 +115,11 @@ pub fn build(
     let draining = Arc::new(AtomicBool::new(false));
 
     let gateway = Gateway::new(live.clone(), metrics.clone(), run.access_log.clone());
+    // Certificates were checked before anything started (load_and_check_config).
+    let tls = match &settings.tls {
+        Some(t) => Some(Arc::new(TlsTerminator::new(t)?.0)),
+        None => None,
+    };
     let http = pingora::proxy::http_proxy(&server.configuration, gateway);
     let downstream = DownstreamApp::new(
         http,
@@ -121,6 +127,7 @@ pub fn build(
         metrics.clone(),
         live.clone(),
     );
+    let tls_app = tls.as_ref().map(|t| downstream.with_tls(t.clone()));
     let mut proxy = Service::new("gateway".to_owned(), downstream);
     for addr in &settings.server.listen {
         proxy.add_tcp(&addr.to_string());
@@ -149,6 +156,7 @@ pub fn build(
             metrics: metrics.clone(),
             groups: group_starter,
             store: store.clone(),
+            tls: tls.clone(),
             pending: run.pending_reload,
         },
     );
@@ -168,6 +176,15 @@ pub fn build(
     // No request before the first discovery and health round (see UpstreamService).
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&upstream);
+    if let (Some(app), Some(t)) = (tls_app, &settings.tls) {
+        // TLS listeners are plain TCP to Pingora: the handshake is the app's (see tls/).
+        let mut service = Service::new("gateway tls".to_owned(), app);
+        for addr in &t.listen {
+            service.add_tcp(&addr.to_string());
+        }
+        let service = server.add_service(service);
+        service.add_dependency(&upstream);
+    }
     server.add_service(reloader);
     if let Some(store) = &store {
         server.add_service(background_service(

@@ -14,4 +14,5 @@ pub mod limits;
 pub mod observe;
 pub mod ops;
 pub mod routing;
+pub mod tls;
 pub mod upstream;

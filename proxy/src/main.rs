@@ -29,7 +29,7 @@ fn main() {
         }
     }
     let cli = cli::Cli::parse();
-    let settings = match config::load_and_check_config(&cli.config) {
+    let (settings, config_warnings) = match config::load_and_check_config(&cli.config) {
         Ok(s) => s,
         Err(e) => fail(&format!("configuration error: {e}")),
     };
@@ -38,6 +38,9 @@ fn main() {
         Err(e) => fail(&e),
     };
     if cli.test {
+        for w in &config_warnings {
+            eprintln!("proxy: warning: {}: {w}", cli.config.display());
+        }
         println!("{}: configuration OK", cli.config.display());
         return;
     }
@@ -63,6 +66,9 @@ fn main() {
     };
     if let Some(warning) = fd_warning {
         tracing::warn!("{warning}");
+    }
+    for w in &config_warnings {
+        tracing::warn!(config = %cli.config.display(), "{w}");
     }
     let listen: Vec<String> = settings
         .server

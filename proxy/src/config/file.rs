@@ -26,6 +26,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub headers: FileHeaders,
     #[serde(default)]
+    pub tls: FileTls,
+    #[serde(default)]
     pub admin: FileAdmin,
     #[serde(default)]
     pub log: FileLog,
@@ -116,6 +118,37 @@ pub fn default_max_retries() -> usize {
 }
 pub fn default_keepalive_pool_size() -> usize {
     128
+}
+
+/// `[tls]`: HTTPS listeners.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileTls {
+    pub listen: Option<OneOrMany>,
+    pub certificates: Vec<FileCertificate>,
+    pub min_version: String,
+    pub http2: bool,
+    pub redirect_http: bool,
+}
+
+impl Default for FileTls {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            certificates: Vec::new(),
+            min_version: "1.2".into(),
+            http2: true,
+            redirect_http: false,
+        }
+    }
+}
+
+/// One certificate: a PEM chain (leaf first) and its PEM private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[upstream]`: the group `default`, plus the pool size every group shares.

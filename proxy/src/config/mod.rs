@@ -70,8 +70,10 @@ pub fn parse_config(text: &str, origin: &str) -> Result<Settings, ConfigError> {
 /// [`load_config`], then what only the running system can tell, as `nginx -t` does: that
 /// `log.file` can be opened for append (its directory is created when missing). For `-t` and
 /// start-up, not for reload (`log.file` is not reloaded, and a reload must not touch files).
-// Called from main.rs once it is wired there (in place of `load_config`).
-pub fn load_and_check_config(path: &Path) -> Result<Settings, ConfigError> {
+/// Also loads every TLS certificate and key (the checks of reload too); what is only worth a
+/// warning (an expired certificate, a route's host no certificate covers) comes back with the
+/// settings.
+pub fn load_and_check_config(path: &Path) -> Result<(Settings, Vec<String>), ConfigError> {
     let text = read_config(path)?;
     let origin = path.display().to_string();
     let settings = parse_config(&text, &origin)?;
@@ -81,7 +83,38 @@ pub fn load_and_check_config(path: &Path) -> Result<Settings, ConfigError> {
             located(&text, &origin, invalid("log.file", message))
         })?;
     }
-    Ok(settings)
+    let mut warnings = Vec::new();
+    if let Some(tls) = &settings.tls {
+        let (certs, expired) = crate::tls::certs::load_all(&tls.certificates)
+            .map_err(|why| located(&text, &origin, split_key(&why)))?;
+        warnings.extend(expired);
+        for (i, route) in settings.routes.iter().enumerate() {
+            if let HostMatch::Exact(host) = &route.host {
+                if !certs.iter().any(|c| c.covers(host)) {
+                    let why = format!(
+                        "\"{host}\" is covered by no tls.certificates entry (HTTPS clients asking for it get the first certificate)"
+                    );
+                    if tls.redirect_http {
+                        return Err(located(
+                            &text,
+                            &origin,
+                            invalid(&format!("routes[{i}].host"), why),
+                        ));
+                    }
+                    warnings.push(format!("routes[{i}].host: {why}"));
+                }
+            }
+        }
+    }
+    Ok((settings, warnings))
+}
+
+/// `"tls.certificates[0].cert \"path\": why"` as the key and the rest.
+fn split_key(message: &str) -> Invalid {
+    match message.split_once(' ') {
+        Some((key, rest)) if key.starts_with("tls.") => (key.to_owned(), rest.to_owned()),
+        _ => ("tls.certificates".to_owned(), message.to_owned()),
+    }
 }
 
 /// Whether `path` can be the log file: creates its directory when missing and opens it for

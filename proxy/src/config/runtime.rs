@@ -24,6 +24,8 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
     pub rate_limit: RateLimitSettings,
     pub headers: HeaderSettings,
+    /// `None`: no `[tls] listen`.
+    pub tls: Option<TlsSettings>,
     pub admin: AdminSettings,
     pub log: LogSettings,
 }
@@ -229,6 +231,31 @@ pub struct HeaderSettings {
 pub struct ConfiguredHeader {
     pub name: Name,
     pub value: HeaderValue,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub listen: Vec<SocketAddr>,
+    /// Chosen by SNI from each certificate's names; the first is the default.
+    pub certificates: Vec<CertificateFiles>,
+    pub min_version: TlsVersion,
+    /// ALPN `h2` beside `http/1.1`.
+    pub http2: bool,
+    /// Plain listeners answer 308 to the `https://` URL.
+    pub redirect_http: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
 }
 
 #[derive(Debug, Clone, PartialEq)]

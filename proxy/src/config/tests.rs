@@ -356,7 +356,8 @@ fn start_up_load_checks_the_log_file_where_reload_does_not() {
         format!("{MINIMAL}[log]\nfile = \"{}\"\n", fine.display()),
     )
     .unwrap();
-    let s = load_and_check_config(&config).unwrap();
+    let (s, warnings) = load_and_check_config(&config).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(s.log.file.as_deref(), Some(fine.as_path()));
     assert!(fine.is_file());
 }

@@ -78,12 +78,14 @@ pub fn validate(file: FileConfig) -> Result<Settings, Invalid> {
         };
         return Err(invalid("admin.listen", message));
     }
+    let tls = validate_tls(file.tls, &server.listen, admin_listen)?;
     Ok(Settings {
         server,
         upstream,
         groups,
         routes,
         rate_limit,
+        tls,
         headers: HeaderSettings {
             request: validate_headers("headers.request", file.headers.request)?,
             response: validate_headers("headers.response", file.headers.response)?,
@@ -524,6 +526,86 @@ fn validate_quota(key: &str, q: FileRouteRateLimit) -> Result<QuotaSettings, Inv
         window: Duration::from_secs(q.window_seconds),
         key: quota_key,
     })
+}
+
+fn validate_tls(
+    t: FileTls,
+    plain: &[SocketAddr],
+    admin: SocketAddr,
+) -> Result<Option<TlsSettings>, Invalid> {
+    let min_version = match t.min_version.as_str() {
+        "1.2" => TlsVersion::Tls12,
+        "1.3" => TlsVersion::Tls13,
+        other => {
+            return Err(invalid(
+                "tls.min_version",
+                format!("\"{other}\" is not 1.2 or 1.3 (older versions are not offered)"),
+            ))
+        }
+    };
+    let listen = match t.listen {
+        None => Vec::new(),
+        Some(l) => l
+            .into_vec()
+            .iter()
+            .map(|a| parse_socket_addr("tls.listen", a))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    for (i, b) in listen.iter().enumerate() {
+        let taken = listen[..i]
+            .iter()
+            .chain(plain)
+            .chain(std::iter::once(&admin))
+            .find(|a| listen_conflict(**a, *b));
+        if let Some(a) = taken {
+            let message = if a == b {
+                format!("\"{b}\" is also a plain or admin listener, or listed twice")
+            } else {
+                format!(
+                    "\"{a}\" and \"{b}\" cannot both be bound: {}",
+                    conflict_reason(*a, *b)
+                )
+            };
+            return Err(invalid("tls.listen", message));
+        }
+    }
+    if listen.is_empty() {
+        if t.redirect_http {
+            return Err(invalid(
+                "tls.redirect_http",
+                "needs a tls.listen address to redirect to",
+            ));
+        }
+        return Ok(None);
+    }
+    if t.certificates.is_empty() {
+        return Err(invalid(
+            "tls.certificates",
+            "at least one { cert, key } is required with tls.listen",
+        ));
+    }
+    let mut certificates = Vec::with_capacity(t.certificates.len());
+    for (i, c) in t.certificates.into_iter().enumerate() {
+        for (field, path) in [("cert", &c.cert), ("key", &c.key)] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(
+                    &format!("tls.certificates[{i}].{field}"),
+                    "must name a file",
+                ));
+            }
+        }
+        certificates.push(CertificateFiles {
+            cert: c.cert,
+            key: c.key,
+        });
+    }
+    Ok(Some(TlsSettings {
+        listen,
+        certificates,
+        min_version,
+        http2: t.http2,
+        redirect_http: t.redirect_http,
+    }))
 }
 
 fn validate_rate_limit(r: FileRateLimit) -> Result<RateLimitSettings, Invalid> {

@@ -33,6 +33,7 @@ use crate::gateway::Gateway;
 use crate::limits::client_ip::in_any;
 use crate::limits::sliding_window::ClientKey;
 use crate::observe::metrics::Metrics;
+use crate::tls::terminator::TlsTerminator;
 
 /// How long a connection accepted just before shutdown gets to deliver its request.
 const ACCEPTED_REQUEST_GRACE: Duration = Duration::from_millis(250);
@@ -175,6 +176,8 @@ pub struct DownstreamApp {
     table: Arc<ConnectionTable>,
     metrics: Arc<Metrics>,
     live: LiveState,
+    /// `Some` for the TLS listeners: each connection's handshake comes first.
+    tls: Option<Arc<TlsTerminator>>,
 }
 
 impl DownstreamApp {
@@ -190,6 +193,20 @@ impl DownstreamApp {
             table: Arc::new(ConnectionTable::default()),
             metrics,
             live,
+            tls: None,
+        }
+    }
+
+    /// The app of the TLS listeners: the same proxy and the same connection caps (one table for
+    /// both), each connection's TLS handshake first.
+    pub fn with_tls(&self, tls: Arc<TlsTerminator>) -> Self {
+        Self {
+            proxy: self.proxy.clone(),
+            bounds: self.bounds.clone(),
+            table: self.table.clone(),
+            metrics: self.metrics.clone(),
+            live: self.live.clone(),
+            tls: Some(tls),
         }
     }
 
@@ -343,6 +360,25 @@ impl ServerApp for DownstreamApp {
         };
         self.metrics.downstream_connections.inc();
         let _open = GaugeGuard(&self.metrics);
+        let stream = match &self.tls {
+            None => stream,
+            // The handshake counts against the first header's deadline.
+            Some(tls) => {
+                match tokio::time::timeout(self.bounds.header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        self.metrics.tls_handshake_failures.inc();
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => {
+                        self.metrics.tls_handshake_failures.inc();
+                        tracing::debug!("TLS handshake not done within server.header_timeout_ms");
+                        return None;
+                    }
+                }
+            }
+        };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 has its own stream and idle handling in Pingora.
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;

@@ -120,6 +120,7 @@ impl Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.peer = peer;
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
 
         // Field by field (no clone of the snapshot): `live` stays borrowed while the request's
         // other fields are filled in.
@@ -136,6 +137,11 @@ impl Gateway {
             other => other,
         };
 
+        if !ctx.tls {
+            if let Some(tls) = live.settings.tls.as_ref().filter(|t| t.redirect_http) {
+                return redirect_to_https(session, ctx, tls.listen[0].port()).await;
+            }
+        }
         let req = session.req_header();
         let mut host_buf;
         // Only routes with a host need it: without any, no header lookup and no copy.
@@ -229,6 +235,35 @@ impl Gateway {
         ctx.tried.push(addr);
         Ok(Box::new(group.peer(addr, with_body)))
     }
+}
+
+/// `redirect_http`: 308 to the same host and path over HTTPS (the first TLS listener's port,
+/// left out when it is 443).
+async fn redirect_to_https(session: &mut Session, ctx: &RequestCtx, port: u16) -> Result<bool> {
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    // The host without its port (an IPv6 literal keeps its brackets).
+    let name = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{port}{path}")
+    };
+    let mut resp = ResponseHeader::build(308, Some(4))?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    proxy_headers::add_downstream_headers(&mut resp, ctx, None)?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
 }
 
 /// With the route's `strip_prefix`: the upstream request's path without the prefix (the

@@ -76,7 +76,8 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
             h.insert(&X_FORWARDED_FOR, value)?;
         }
         if !keep_proto {
-            h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"))?;
+            let proto = if ctx.tls { "https" } else { "http" };
+            h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
         }
         if !keep_host {
             match host {

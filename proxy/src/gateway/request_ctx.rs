@@ -31,6 +31,8 @@ pub struct RequestCtx {
     pub peer: Option<IpAddr>,
     /// The peer is in `rate_limit.trusted_proxies`: its forwarding headers are believed.
     pub peer_trusted: bool,
+    /// The request came over TLS.
+    pub tls: bool,
     /// The matched route, an index into `live.router` (`None`: nothing matched, or not yet).
     pub route: Option<usize>,
     /// The path and query as the client sent them, when `strip_prefix` changed them.
@@ -64,6 +66,7 @@ impl RequestCtx {
             client: None,
             peer: None,
             peer_trusted: false,
+            tls: false,
             route: None,
             original_path: None,
             rate: None,

@@ -50,6 +50,11 @@ struct Line<'a> {
     duration_ms: f64,
     upstream_ms: Option<f64>,
     bytes_sent: usize,
+    /// `HTTP/1.1`, `HTTP/2.0`, ...
+    proto: &'a str,
+    /// The TLS version (`TLSv1_3`), absent over plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a str>,
 }
 
 impl AccessLog {
@@ -90,6 +95,10 @@ impl AccessLog {
     pub fn write(&self, session: &Session, ctx: &RequestCtx, status: u16, elapsed: Duration) {
         let req = session.req_header();
         let time = rfc3339_now();
+        let tls_version = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|ssl| ssl.version.clone());
         let line = Line {
             time: &time,
             request_id: ctx.request_id(),
@@ -111,6 +120,14 @@ impl AccessLog {
             duration_ms: ms(elapsed),
             upstream_ms: ctx.upstream_time.map(ms),
             bytes_sent: session.as_ref().body_bytes_sent(),
+            proto: match req.version {
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_09 => "HTTP/0.9",
+                http::Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            },
+            tls: tls_version.as_deref(),
         };
         let mut buf = Vec::with_capacity(320);
         if serde_json::to_writer(&mut buf, &line).is_err() {

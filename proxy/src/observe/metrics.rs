@@ -52,6 +52,8 @@ pub struct Metrics {
     pub header_timeouts: IntCounter,
     /// Requests whose body stalled longer than `server.body_timeout_ms` (answered 408).
     pub body_timeouts: IntCounter,
+    /// TLS connections closed before a request: the handshake failed or did not finish in time.
+    pub tls_handshake_failures: IntCounter,
     upstream_errors: IntCounterVec,
     /// The shared rate-limit store: failed checks and check latency.
     pub store_errors: IntCounter,
@@ -162,6 +164,10 @@ impl Metrics {
             ),
             &["upstream", "backend", "kind"],
         )?;
+        let tls_handshake_failures = IntCounter::new(
+            "gateway_tls_handshake_failures_total",
+            "TLS connections closed before a request: the handshake failed (no shared version or cipher, bad client hello) or took longer than server.header_timeout_ms",
+        )?;
         let store_errors = IntCounter::new(
             "gateway_rate_limit_store_errors_total",
             "Shared rate-limit checks that failed (store down, slow or answering an error); rate_limit.redis.on_error decided them",
@@ -204,6 +210,7 @@ impl Metrics {
         registry.register(Box::new(body_timeouts.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
         registry.register(Box::new(store_seconds.clone()))?;
         registry.register(Box::new(store_fallbacks.clone()))?;
         registry.register(Box::new(build_info))?;
@@ -229,6 +236,7 @@ impl Metrics {
             header_timeouts,
             body_timeouts,
             upstream_errors,
+            tls_handshake_failures,
             store_errors,
             store_seconds,
             store_fallbacks,

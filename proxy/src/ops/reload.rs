@@ -19,6 +19,7 @@ use crate::gateway::live::{Live, LiveState};
 use crate::limits::shared_store::SharedStore;
 use crate::observe::metrics::Metrics;
 use crate::ops::signals::PendingReload;
+use crate::tls::terminator::TlsTerminator;
 use crate::upstream::discovery::SystemResolver;
 use crate::upstream::group::plan_cores;
 use crate::upstream::supervisor::GroupStarter;
@@ -31,6 +32,8 @@ pub struct Reloader {
     pub groups: GroupStarter,
     /// The shared rate-limit store made at start (its settings need a restart to change).
     pub store: Option<Arc<SharedStore>>,
+    /// The TLS listeners' certificates, read again on every reload.
+    pub tls: Option<Arc<TlsTerminator>>,
     /// SIGHUPs caught since `main` began, before this service listened.
     pub pending: PendingReload,
 }
@@ -39,9 +42,24 @@ impl Reloader {
     /// Loads the file and applies it, or keeps the running config.
     pub async fn reload(&self) {
         let path = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_config(&path)).await;
+        let tls = self.tls.clone();
+        // Files are read off the runtime: the config, then the certificates, which are swapped
+        // in only when both are good (a bad certificate keeps the running config and the old
+        // certificates).
+        let loaded = tokio::task::spawn_blocking(move || {
+            let settings = load_config(&path).map_err(|e| e.to_string())?;
+            let warnings = match (&tls, &settings.tls) {
+                (Some(terminator), Some(t)) => terminator.reload(t)?,
+                _ => Vec::new(),
+            };
+            Ok::<_, String>((settings, warnings))
+        })
+        .await;
         match loaded {
-            Ok(Ok(settings)) => {
+            Ok(Ok((settings, warnings))) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
                 self.apply(settings).await;
                 self.metrics.count_reload(true);
             }
@@ -167,6 +185,10 @@ fn describe_changes(old: &Settings, new: &Settings) -> Vec<String> {
     let fixed = [
         ("server", old.server != new.server),
         ("admin.listen", old.admin != new.admin),
+        (
+            "tls.listen (certificates, min_version and http2 are reloaded)",
+            old.tls.as_ref().map(|t| &t.listen) != new.tls.as_ref().map(|t| &t.listen),
+        ),
         (
             "log.level/log.file",
             (&old.log.level, &old.log.file) != (&new.log.level, &new.log.file),

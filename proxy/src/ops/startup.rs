@@ -62,6 +62,9 @@ pub fn check_listen(settings: &Settings) -> Result<(), String> {
     for addr in &settings.server.listen {
         probe_bind(*addr).map_err(|e| format!("server.listen {addr}: {}", describe(&e)))?;
     }
+    for addr in settings.tls.iter().flat_map(|t| &t.listen) {
+        probe_bind(*addr).map_err(|e| format!("tls.listen {addr}: {}", describe(&e)))?;
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod process;
 mod proxy;
 mod redis;
 mod temp_dir;
+mod tls;
 mod wait;
 
 // Each test binary uses a subset of these.
@@ -28,5 +29,6 @@ pub use {
     proxy::Proxy,
     redis::Redis,
     temp_dir::TempDir,
+    tls::{der_of, presented, tls_connect, TestCa},
     wait::wait_until,
 };

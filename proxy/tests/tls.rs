@@ -1,0 +1,330 @@
+//! TLS termination end to end: certificates made by the test, `curl --cacert` over HTTP/1.1 and
+//! HTTP/2, SNI, versions, reload of certificates, redirect to HTTPS, and `-t`'s checks.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A proxy with `[tls]` on a held port, `localhost` and `api.example.test` certificates.
+struct TlsSetup {
+    ca: TestCa,
+    dir: TempDir,
+    hold: PortHold,
+}
+
+impl TlsSetup {
+    fn new() -> Self {
+        let ca = TestCa::new("gateway test CA");
+        let dir = TempDir::new("tls");
+        ca.write_ca(dir.path());
+        ca.write_leaf(dir.path(), "localhost", &["localhost"]);
+        ca.write_leaf(dir.path(), "api", &["api.example.test"]);
+        Self {
+            ca,
+            dir,
+            hold: PortHold::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "[tls]\nlisten = [\"{}\"]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}]\n{extra}\n",
+            self.hold.addr,
+            self.path("localhost.pem"),
+            self.path("localhost.key"),
+            self.path("api.pem"),
+            self.path("api.key"),
+        )
+    }
+
+    fn port(&self) -> u16 {
+        self.hold.port()
+    }
+}
+
+/// `curl` over HTTPS: (HTTP version, status, body).
+fn curl(setup: &TlsSetup, args: &[&str], path: &str) -> (String, String, String) {
+    let url = format!("https://localhost:{}{path}", setup.port());
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert", &setup.path("ca.pem")])
+        .args(args)
+        .args(["-w", "\n%{http_version} %{http_code}", &url])
+        .output()
+        .expect("curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (version, status) = tail.split_once(' ').unwrap_or(("", ""));
+    (version.to_owned(), status.to_owned(), body.to_owned())
+}
+
+async fn tls_ready(setup: &TlsSetup) -> bool {
+    let client = setup.ca.client(&[b"http/1.1"], false);
+    wait_until(Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            tls_connect(client, setup.hold.addr, "localhost")
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_over_http1_and_http2_with_certificates_chosen_by_sni() {
+    let setup = TlsSetup::new();
+    let backend = Backend::start("b");
+    let proxy = Proxy::start(&[&backend], &setup.config("")).await;
+    assert!(
+        tls_ready(&setup).await,
+        "TLS listener never accepted:\n{}",
+        proxy.log()
+    );
+
+    let (version, status, body) = curl(&setup, &["--http1.1"], "/echo");
+    assert_eq!(
+        (version.as_str(), status.as_str()),
+        ("1.1", "200"),
+        "{body}"
+    );
+    let echoed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
+    let (version, status, body) = curl(&setup, &["--http2"], "/echo");
+    assert_eq!(
+        (version.as_str(), status.as_str()),
+        ("2", "200"),
+        "ALPN h2: {body}"
+    );
+    let echoed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
+
+    // SNI: each name its certificate; an unknown name (and none) gets the first.
+    let client = setup.ca.client(&[b"http/1.1"], false);
+    let localhost = der_of(&setup.dir.path().join("localhost.pem"));
+    let api = der_of(&setup.dir.path().join("api.pem"));
+    let s = tls_connect(client.clone(), setup.hold.addr, "api.example.test")
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), api);
+    let s = tls_connect(client.clone(), setup.hold.addr, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), localhost);
+    // An unknown name is not in the default certificate: verification fails, which shows the
+    // default was presented (the client checks the name against what it got).
+    let err = tls_connect(client, setup.hold.addr, "other.example.test")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("NotValidForName") || err.to_string().contains("not valid"),
+        "{err}"
+    );
+
+    // Plain HTTP still works beside it, and says http.
+    let r = get(proxy.addr, "/echo").await;
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "http");
+    // The access log has the protocol and the TLS version.
+    let logged = wait_until(Duration::from_secs(10), || async {
+        let log = proxy.log();
+        log.lines()
+            .any(|l| l.contains("\"proto\":\"HTTP/2.0\"") && l.contains("\"tls\":\"TLS"))
+            && log
+                .lines()
+                .any(|l| l.contains("\"proto\":\"HTTP/1.1\"") && !l.contains("\"tls\""))
+    })
+    .await;
+    assert!(logged, "{}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_versions_are_refused_and_min_version_is_honoured() {
+    let setup = TlsSetup::new();
+    let backend = Backend::start("b");
+    let proxy = Proxy::start(&[&backend], &setup.config("")).await;
+    assert!(tls_ready(&setup).await);
+    for max in ["1.0", "1.1"] {
+        let (_, status, _) = curl(&setup, &["--tlsv1", "--tls-max", max], "/x");
+        assert_eq!(status, "000", "TLS {max} accepted");
+    }
+    let (_, status, _) = curl(&setup, &["--tls-max", "1.2"], "/x");
+    assert_eq!(status, "200", "TLS 1.2 refused with min_version 1.2");
+    let m = proxy.metrics().await;
+    assert!(m.sum("gateway_tls_handshake_failures_total", &[]) >= 2.0);
+    drop(proxy);
+
+    let setup = TlsSetup::new();
+    let _proxy = Proxy::start(&[&backend], &setup.config("min_version = \"1.3\"")).await;
+    assert!(tls_ready(&setup).await);
+    let (_, status, _) = curl(&setup, &["--tls-max", "1.2"], "/x");
+    assert_eq!(status, "000", "TLS 1.2 accepted with min_version 1.3");
+    let (_, status, _) = curl(&setup, &["--tlsv1.3"], "/x");
+    assert_eq!(status, "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_certificates_keeps_open_connections_and_a_broken_file_keeps_the_old_one() {
+    let setup = TlsSetup::new();
+    let backend = Backend::start("b");
+    let proxy = Proxy::start(&[&backend], &setup.config("")).await;
+    assert!(tls_ready(&setup).await);
+    let client = setup.ca.client(&[b"http/1.1"], false);
+    let first = der_of(&setup.dir.path().join("localhost.pem"));
+
+    // A connection opened before the reload, kept alive across it.
+    let mut open = tls_connect(client.clone(), setup.hold.addr, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(presented(&open), first);
+    let request = b"GET /before HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    open.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = open.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // A new certificate in the same files, then SIGHUP.
+    setup
+        .ca
+        .write_leaf(setup.dir.path(), "localhost", &["localhost"]);
+    let second = der_of(&setup.dir.path().join("localhost.pem"));
+    assert_ne!(first, second);
+    proxy.signal("HUP");
+    let swapped = wait_until(Duration::from_secs(15), || {
+        let client = client.clone();
+        let second = second.clone();
+        async move {
+            tls_connect(client, setup.hold.addr, "localhost")
+                .await
+                .is_ok_and(|s| presented(&s) == second)
+        }
+    })
+    .await;
+    assert!(
+        swapped,
+        "new handshakes never saw the new certificate:\n{}",
+        proxy.log()
+    );
+    // The old connection still completes a request.
+    open.write_all(b"GET /after HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let n = open.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // A broken certificate file: the reload fails, the last good certificate stays.
+    std::fs::write(setup.dir.path().join("localhost.pem"), "not a certificate").unwrap();
+    proxy.signal("HUP");
+    let failed = wait_until(Duration::from_secs(15), || async {
+        proxy
+            .metrics()
+            .await
+            .sum("gateway_config_reloads_total", &[("result", "failure")])
+            == 1.0
+            // Logged through a non-blocking writer: the line can come after the count.
+            && proxy.log().contains("tls.certificates[0].cert")
+    })
+    .await;
+    assert!(failed, "{}", proxy.log());
+    let s = tls_connect(client, setup.hold.addr, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_http_answers_308_to_the_https_url() {
+    let setup = TlsSetup::new();
+    let backend = Backend::start("b");
+    let proxy = Proxy::start(&[&backend], &setup.config("redirect_http = true")).await;
+    let r = get_with(proxy.addr, None, "/a/b?c=1", &[("Host", "localhost:8080")]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://localhost:{}/a/b?c=1", setup.port()).as_str())
+    );
+    assert_eq!(
+        backend.requests().await,
+        0,
+        "a redirected request reached a backend"
+    );
+    assert!(tls_ready(&setup).await);
+    let (_, status, _) = curl(&setup, &[], "/a");
+    assert_eq!(status, "200", "HTTPS is served, not redirected");
+}
+
+fn check(config: &str, dir: &Path) -> (i32, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(PROXY_BIN)
+        .args(["-t", "-c"])
+        .arg(&path)
+        .output()
+        .expect("proxy -t");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_loads_every_certificate_and_names_what_is_wrong() {
+    let setup = TlsSetup::new();
+    let dir = setup.dir.path();
+    let base = "[upstream]\nbackends = [\"127.0.0.1:9\"]\n[admin]\nlisten = \"127.0.0.1:1\"\n";
+    let tls = |cert: &str, key: &str| {
+        format!("{base}[tls]\nlisten = \"127.0.0.1:2\"\ncertificates = [{{ cert = \"{cert}\", key = \"{key}\" }}]\n")
+    };
+    let (code, out) = check(
+        &tls(&setup.path("localhost.pem"), &setup.path("localhost.key")),
+        dir,
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check(
+        &tls(&setup.path("missing.pem"), &setup.path("localhost.key")),
+        dir,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("tls.certificates[0].cert") && out.contains("missing.pem"),
+        "{out}"
+    );
+    let (code, out) = check(
+        &tls(&setup.path("localhost.pem"), &setup.path("api.key")),
+        dir,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("tls.certificates[0].key") && out.contains("does not fit"),
+        "{out}"
+    );
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    let (code, out) = check(
+        &tls(&setup.path("empty.pem"), &setup.path("localhost.key")),
+        dir,
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("no certificate in the file"), "{out}");
+    // A route's host no certificate covers: a warning, an error with redirect_http.
+    let route = "[[routes]]\nname = \"r\"\nhost = \"shop.example.test\"\nupstream = \"default\"\n";
+    let with_route = tls(&setup.path("localhost.pem"), &setup.path("localhost.key")) + route;
+    let (code, out) = check(&with_route, dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning") && out.contains("shop.example.test"),
+        "{out}"
+    );
+    let redirecting = with_route.replace("[tls]\n", "[tls]\nredirect_http = true\n");
+    let (code, out) = check(&redirecting, dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("routes[0].host") && out.contains("shop.example.test"),
+        "{out}"
+    );
+}
