@@ -328,3 +328,83 @@ async fn config_check_loads_every_certificate_and_names_what_is_wrong() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_upstreams_is_verified_and_a_wrong_ca_never_passes() {
+    let ca = TestCa::new("upstream CA");
+    let other = TestCa::new("someone else's CA");
+    let dir = TempDir::new("upstream-tls");
+    let (cert, key) = ca.write_leaf(dir.path(), "backend", &["backend.test", "127.0.0.1"]);
+    let ca_path = ca.write_ca(dir.path());
+    let other_dir = TempDir::new("other-ca");
+    let other_path = other.write_ca(other_dir.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let secure = Backend::start_with(
+        "secure",
+        "127.0.0.1:0".parse().unwrap(),
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    let plain = Backend::start("plain");
+    let group = |ca: &Path, sni: &str| {
+        format!(
+            "[upstreams.secure]\nbackends = [\"{}\"]\ntls = true\nsni = \"{sni}\"\nca_file = \"{}\"\n\
+             [[routes]]\nname = \"secure\"\npath_prefix = \"/secure/\"\nupstream = \"secure\"\n\
+             [[routes]]\nname = \"rest\"\nupstream = \"default\"\n",
+            secure.addr,
+            ca.display()
+        )
+    };
+    // Verified against the right CA, with the name the certificate has: served over HTTPS.
+    let proxy = Proxy::start(&[&plain], &group(&ca_path, "backend.test")).await;
+    let served = wait_until(Duration::from_secs(15), || async {
+        try_get(proxy.addr, "/secure/x")
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(served, "{}", proxy.log());
+    let r = get(proxy.addr, "/secure/x").await;
+    assert_eq!(r.json()["backend"], "secure");
+    assert_eq!(r.json()["path"], "/secure/x");
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum(
+            "gateway_backend_up",
+            &[
+                ("upstream", "secure"),
+                ("backend", &secure.addr.to_string())
+            ]
+        ),
+        1.0,
+        "the TLS health check passes"
+    );
+    drop(proxy);
+
+    // Another CA: the certificate does not verify, so nothing is ever served from it: the
+    // health check fails and requests get 502/503, with the reason in the log.
+    let proxy = Proxy::start(&[&plain], &group(&other_path, "backend.test")).await;
+    for _ in 0..5 {
+        let r = get(proxy.addr, "/secure/x").await;
+        assert!(
+            r.status == 502 || r.status == 503,
+            "a wrong CA let a request through: {}",
+            r.status
+        );
+    }
+    drop(proxy);
+    // The right CA but a name the certificate does not have: refused as well.
+    let proxy = Proxy::start(&[&plain], &group(&ca_path, "wrong.test")).await;
+    for _ in 0..5 {
+        let r = get(proxy.addr, "/secure/x").await;
+        assert!(
+            r.status == 502 || r.status == 503,
+            "a wrong name let a request through: {}",
+            r.status
+        );
+    }
+    assert_eq!(
+        get(proxy.addr, "/other").await.status,
+        200,
+        "plain groups are unaffected"
+    );
+}

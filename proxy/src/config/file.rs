@@ -177,6 +177,13 @@ pub struct FileUpstream {
     pub keepalive_pool_size: usize,
     #[serde(default)]
     pub health_check: FileHealthCheck,
+    /// HTTPS to the backends.
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for FileUpstream {
@@ -191,6 +198,9 @@ impl Default for FileUpstream {
             max_retries: default_max_retries(),
             keepalive_pool_size: default_keepalive_pool_size(),
             health_check: FileHealthCheck::default(),
+            tls: false,
+            sni: None,
+            ca_file: None,
         }
     }
 }
@@ -227,6 +237,10 @@ pub struct FileGroup {
     pub idle_timeout_seconds: Option<u64>,
     pub max_retries: Option<usize>,
     pub health_check: Option<FilePartialHealthCheck>,
+    #[serde(default)]
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A group's `health_check`: each key left out is `[upstream.health_check]`'s.

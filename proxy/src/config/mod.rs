@@ -6,6 +6,7 @@
 pub mod locate;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::file::FileConfig;
 use crate::config::locate::{key_at, line_col, span_of};
@@ -83,6 +84,8 @@ pub fn load_and_check_config(path: &Path) -> Result<(Settings, Vec<String>), Con
             located(&text, &origin, invalid("log.file", message))
         })?;
     }
+    let mut settings = settings;
+    load_upstream_roots(&mut settings).map_err(|why| located(&text, &origin, split_key(&why)))?;
     let mut warnings = Vec::new();
     if let Some(tls) = &settings.tls {
         let (certs, expired) = crate::tls::certs::load_all(&tls.certificates)
@@ -109,10 +112,45 @@ pub fn load_and_check_config(path: &Path) -> Result<(Settings, Vec<String>), Con
     Ok((settings, warnings))
 }
 
+/// Reads the `ca_file` of every TLS group into the settings (DER roots, each parsed once to be
+/// sure it is a certificate). Start, `-t` and reload call it; the error names the key and path.
+pub fn load_upstream_roots(settings: &mut Settings) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    for group in settings.groups.iter_mut() {
+        let Some(path) = group.tls.as_ref().and_then(|t| t.ca_file.clone()) else {
+            continue;
+        };
+        let key = format!("{}.ca_file \"{}\"", group.key, path.display());
+        let pem = std::fs::read(&path).map_err(|e| format!("{key}: cannot read: {e}"))?;
+        let ders: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
+            .map(|c| c.map(|c| c.as_ref().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{key}: not PEM certificates: {e}"))?;
+        if ders.is_empty() {
+            return Err(format!("{key}: no certificate in the file"));
+        }
+        for der in &ders {
+            X509Certificate::from_der(der)
+                .map_err(|e| format!("{key}: a certificate does not parse: {e}"))?;
+        }
+        if let Some(tls) = Arc::make_mut(group).tls.as_mut() {
+            tls.ca_der = Some(Arc::new(ders));
+        }
+    }
+    if let Some(default) = settings.groups.iter().find(|g| *g.name == *DEFAULT_GROUP) {
+        settings.upstream.default_group = default.clone();
+    }
+    Ok(())
+}
+
 /// `"tls.certificates[0].cert \"path\": why"` as the key and the rest.
 fn split_key(message: &str) -> Invalid {
     match message.split_once(' ') {
-        Some((key, rest)) if key.starts_with("tls.") => (key.to_owned(), rest.to_owned()),
+        Some((key, rest)) if key.starts_with("tls.") || key.ends_with(".ca_file") => {
+            (key.to_owned(), rest.to_owned())
+        }
         _ => ("tls.certificates".to_owned(), message.to_owned()),
     }
 }

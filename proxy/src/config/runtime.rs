@@ -93,9 +93,20 @@ pub struct GroupSettings {
     pub idle_timeout: Duration,
     pub max_retries: usize,
     pub health_check: HealthCheckSettings,
+    /// `Some`: HTTPS to the backends.
+    pub tls: Option<UpstreamTls>,
 }
 
-/// How a group picks a backend for each attempt.
+/// A group's `tls = true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent and verified; `None`: each backend's host (its IP for IP backends).
+    pub sni: Option<String>,
+    /// PEM roots to verify against; `None`: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// The roots of `ca_file` (DER), read by `load_upstream_roots` before the settings are used.
+    pub ca_der: Option<Arc<Vec<Vec<u8>>>>,
+}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Balance {
     /// Smooth weighted round robin over the healthy backends (nginx).

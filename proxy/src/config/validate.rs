@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -207,6 +208,7 @@ fn validate_upstream(u: &FileUpstream) -> Result<UpstreamSettings, Invalid> {
         idle_timeout: positive_secs("upstream.idle_timeout_seconds", u.idle_timeout_seconds)?,
         max_retries: validate_max_retries(key, u.max_retries)?,
         health_check: validate_health_check(key, &hc.path, hc.interval_ms, hc.timeout_ms)?,
+        tls: validate_upstream_tls(key, u.tls, u.sni.clone(), u.ca_file.clone())?,
     };
     Ok(UpstreamSettings {
         default_group: Arc::new(default_group),
@@ -266,8 +268,50 @@ fn validate_group(
             hc.interval_ms.unwrap_or(dhc.interval.as_millis() as u64),
             hc.timeout_ms.unwrap_or(dhc.timeout.as_millis() as u64),
         )?,
+        tls: validate_upstream_tls(&key, g.tls, g.sni, g.ca_file)?,
         key,
     })
+}
+
+fn validate_upstream_tls(
+    group_key: &str,
+    tls: bool,
+    sni: Option<String>,
+    ca_file: Option<PathBuf>,
+) -> Result<Option<UpstreamTls>, Invalid> {
+    if !tls {
+        for (field, set) in [("sni", sni.is_some()), ("ca_file", ca_file.is_some())] {
+            if set {
+                return Err(invalid(
+                    &format!("{group_key}.{field}"),
+                    "only used with tls = true",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let sni = match sni.map(|s| s.trim().to_ascii_lowercase()) {
+        Some(s) if s.is_empty() => None,
+        Some(s) => {
+            if rustls::pki_types::ServerName::try_from(s.as_str()).is_err() {
+                return Err(invalid(
+                    &format!("{group_key}.sni"),
+                    format!("\"{s}\" is not a host name or IP address"),
+                ));
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    let ca_file = match ca_file {
+        Some(p) if p.as_os_str().is_empty() => None,
+        other => other,
+    };
+    Ok(Some(UpstreamTls {
+        sni,
+        ca_file,
+        ca_der: None,
+    }))
 }
 
 fn validate_backends(group_key: &str, raw: &[FileBackend]) -> Result<Vec<BackendAddr>, Invalid> {

@@ -233,7 +233,8 @@ impl Gateway {
         }
         ctx.backend = info;
         ctx.tried.push(addr);
-        Ok(Box::new(group.peer(addr, with_body)))
+        let peer = group.peer(addr, ctx.backend.as_deref(), with_body);
+        Ok(Box::new(peer))
     }
 }
 

@@ -14,7 +14,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use futures_util::future::join_all;
 
-use crate::config::{load_config, BackendAddr, GroupSettings, RouteSettings, Settings};
+use crate::config::{
+    load_config, load_upstream_roots, BackendAddr, GroupSettings, RouteSettings, Settings,
+};
 use crate::gateway::live::{Live, LiveState};
 use crate::limits::shared_store::SharedStore;
 use crate::observe::metrics::Metrics;
@@ -47,7 +49,8 @@ impl Reloader {
         // in only when both are good (a bad certificate keeps the running config and the old
         // certificates).
         let loaded = tokio::task::spawn_blocking(move || {
-            let settings = load_config(&path).map_err(|e| e.to_string())?;
+            let mut settings = load_config(&path).map_err(|e| e.to_string())?;
+            load_upstream_roots(&mut settings)?;
             let warnings = match (&tls, &settings.tls) {
                 (Some(terminator), Some(t)) => terminator.reload(t)?,
                 _ => Vec::new(),

@@ -34,6 +34,8 @@ pub struct BackendInfo {
     pub metrics: Arc<BackendMetrics>,
     /// Attempts sent to it and not finished yet (kept for `least_requests` groups only).
     pub inflight: AtomicUsize,
+    /// The configured host (name or IP): the TLS name of a group without `sni`.
+    pub host: Arc<str>,
 }
 
 /// The info attached to `backend` by discovery.
@@ -138,7 +140,7 @@ impl ConfiguredBackends {
         }
     }
 
-    fn info_for(&self, label: &str) -> Arc<BackendInfo> {
+    fn info_for(&self, label: &str, configured: &BackendAddr) -> Arc<BackendInfo> {
         self.infos
             .lock()
             .entry(label.to_owned())
@@ -149,6 +151,7 @@ impl ConfiguredBackends {
                     label: Arc::from(label),
                     metrics: self.metrics.backend(&self.group, label),
                     inflight: AtomicUsize::new(0),
+                    host: Arc::from(configured.host.as_str()),
                 })
             })
             .clone()
@@ -218,7 +221,7 @@ impl ConfiguredBackends {
         let mut current: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         for (configured, addrs) in list.iter().zip(answers) {
             let label = configured.label();
-            let info = self.info_for(&label);
+            let info = self.info_for(&label, configured);
             for addr in &addrs {
                 let mut backend = Backend {
                     addr: pingora::protocols::l4::socket::SocketAddr::Inet(*addr),

@@ -13,22 +13,30 @@ use pingora::lb::LoadBalancer;
 use pingora::prelude::HttpPeer;
 use tokio::sync::watch;
 
-use crate::config::{Balance, GroupSettings, HashKey, HealthCheckSettings};
+use pingora::protocols::tls::CaType;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+
+use crate::config::{Balance, GroupSettings, HashKey, HealthCheckSettings, UpstreamTls};
 use crate::observe::metrics::Metrics;
 use crate::upstream::consistent_hash::ConsistentHash;
 use crate::upstream::discovery::{ConfiguredBackends, Resolve};
-use crate::upstream::health::build_balancer;
+use crate::upstream::health::{build_balancer, TlsPeer};
 use crate::upstream::least_requests::LeastRequests;
 use crate::upstream::round_robin::{Pick, SmoothRoundRobin};
 use crate::upstream::service::UpstreamService;
+use crate::upstream::BackendInfo;
 
 /// The long-lived part of a group: backends, health, and the loop that keeps them current.
 pub struct GroupCore {
     pub name: Arc<str>,
     pub backends: Arc<ConfiguredBackends>,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
-    /// The health check the balancer was built with (it cannot be changed in place).
+    /// The health check the balancer was built with (it cannot be changed in place), and the
+    /// TLS its probes use.
     pub health: HealthCheckSettings,
+    pub tls: Option<UpstreamTls>,
+    /// The peers' TLS settings, the roots parsed once.
+    pub tls_peer: Option<TlsPeer>,
     pub service: UpstreamService,
     retired: watch::Sender<bool>,
 }
@@ -45,13 +53,20 @@ impl GroupCore {
             metrics,
             resolver,
         );
-        let lb = Arc::new(build_balancer(backends.clone(), &settings.health_check));
+        let tls_peer = settings.tls.as_ref().map(tls_peer);
+        let lb = Arc::new(build_balancer(
+            backends.clone(),
+            &settings.health_check,
+            tls_peer.as_ref(),
+        ));
         Arc::new(Self {
             name: settings.name.clone(),
             service: UpstreamService::new(lb.clone(), &settings.health_check),
             backends,
             lb,
             health: settings.health_check.clone(),
+            tls: settings.tls.clone(),
+            tls_peer,
             retired: watch::channel(false).0,
         })
     }
@@ -59,7 +74,9 @@ impl GroupCore {
     /// Whether this core can carry `settings` after a reload: the same group with the same
     /// health check (its backend list is swapped in place).
     pub fn can_carry(&self, settings: &GroupSettings) -> bool {
-        *self.name == *settings.name && self.health == settings.health_check
+        *self.name == *settings.name
+            && self.health == settings.health_check
+            && self.tls == settings.tls
     }
 
     /// Stops the group's discovery and health checks and drops its backends' series. Requests
@@ -178,15 +195,48 @@ impl Group {
     /// The peer for one attempt at `addr`, with the group's timeouts. Writes are timed only
     /// when a body follows (`with_body`): a request header fits the socket buffer and is never
     /// left waiting, while each timed write costs a timer (about 1k instructions per request).
-    pub fn peer(&self, addr: SocketAddr, with_body: bool) -> HttpPeer {
+    pub fn peer(
+        &self,
+        addr: SocketAddr,
+        backend: Option<&BackendInfo>,
+        with_body: bool,
+    ) -> HttpPeer {
         let s = &self.settings;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.core.tls_peer {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => {
+                // Never empty: Pingora skips verification for a peer without a name.
+                let sni = tls
+                    .sni
+                    .clone()
+                    .or_else(|| backend.map(|b| b.host.to_string()))
+                    .unwrap_or_else(|| addr.ip().to_string());
+                let mut peer = HttpPeer::new(addr, true, sni);
+                peer.options.ca = tls.ca.clone();
+                peer
+            }
+        };
         peer.options.connection_timeout = Some(s.connect_timeout);
         peer.options.total_connection_timeout = Some(s.connect_timeout);
         peer.options.read_timeout = Some(s.read_timeout);
         peer.options.write_timeout = with_body.then_some(s.read_timeout);
         peer.options.idle_timeout = Some(s.idle_timeout);
         peer
+    }
+}
+
+/// The peers' TLS settings of a group: its name and its roots, parsed once.
+fn tls_peer(tls: &UpstreamTls) -> TlsPeer {
+    let ca = tls.ca_der.as_ref().map(|ders| {
+        let roots: Vec<WrappedX509> = ders
+            .iter()
+            .map(|der| WrappedX509::new(der.clone(), parse_x509))
+            .collect();
+        Arc::<CaType>::from(roots)
+    });
+    TlsPeer {
+        sni: tls.sni.clone(),
+        ca,
     }
 }
 

@@ -8,6 +8,7 @@ use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::tls::CaType;
 
 use crate::config::HealthCheckSettings;
 use crate::upstream::discovery::{info, ConfiguredBackends, Discovery};
@@ -35,24 +36,45 @@ impl HealthObserve for HealthObserver {
 pub fn build_balancer(
     backends: Arc<ConfiguredBackends>,
     health: &HealthCheckSettings,
+    tls: Option<&TlsPeer>,
 ) -> LoadBalancer<RoundRobin> {
     let observer = HealthObserver(backends.clone());
     let mut lb =
         LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(Discovery(backends))));
-    lb.set_health_check(health_check(health, observer));
+    lb.set_health_check(health_check(health, observer, tls));
     lb.parallel_health_check = true;
     lb
+}
+
+/// What a TLS group's peers need: the name to send and verify, and the roots.
+#[derive(Clone)]
+pub struct TlsPeer {
+    /// `None`: each backend's own host.
+    pub sni: Option<String>,
+    pub ca: Option<Arc<CaType>>,
 }
 
 fn health_check(
     settings: &HealthCheckSettings,
     observer: HealthObserver,
+    tls: Option<&TlsPeer>,
 ) -> Box<dyn HealthCheck + Send + Sync + 'static> {
-    let mut hc = HttpHealthCheck::new("gateway-health-check", false);
+    let mut hc = HttpHealthCheck::new("gateway-health-check", tls.is_some());
     if let Ok(uri) = settings.path.parse() {
         hc.req.set_uri(uri);
     }
-    let mut peer = HttpPeer::new("0.0.0.0:1", false, String::new());
+    // One template serves every backend of the group: with a per-backend name (no `sni`) the
+    // probe verifies the chain but not the name, which the requests themselves verify.
+    let sni = tls.map_or(String::new(), |t| {
+        t.sni
+            .clone()
+            .unwrap_or_else(|| "health-check.invalid".into())
+    });
+    let mut peer = HttpPeer::new("0.0.0.0:1", tls.is_some(), sni);
+    if let Some(t) = tls {
+        peer.options.ca = t.ca.clone();
+        peer.options.verify_hostname = t.sni.is_some();
+    }
     peer.options.connection_timeout = Some(settings.timeout);
     peer.options.read_timeout = Some(settings.timeout);
     peer.options.idle_timeout = Some(settings.interval * 3);

@@ -28,8 +28,15 @@ impl Backend {
 
     /// Starts a mock backend on `addr` (e.g. to bring a killed one back on its port).
     pub fn start_at(name: &str, addr: SocketAddr) -> Self {
+        Self::start_with(name, addr, &[])
+    }
+
+    /// Starts a mock backend with `extra` arguments (e.g. `--tls-cert`, `--tls-key`). Its
+    /// `stats()` and the like speak plain HTTP, so they are for plain backends only.
+    pub fn start_with(name: &str, addr: SocketAddr, extra: &[&str]) -> Self {
         let mut child = Command::new(backend_bin())
             .args(["--listen", &addr.to_string(), "--name", name])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
