@@ -744,22 +744,45 @@ fn shared_store_and_header_drafts_are_checked() {
 
 #[test]
 fn upstream_tls_keys_are_checked() {
-    let group = |body: &str| format!("{MINIMAL}[upstreams.g]\nbackends = [\"127.0.0.1:9\"]\n{body}");
-    let s = parse_config(&group("tls = true\nsni = \"API.example.test\"\nca_file = \"ca.pem\"\n"), "t").unwrap();
+    let group =
+        |body: &str| format!("{MINIMAL}[upstreams.g]\nbackends = [\"127.0.0.1:9\"]\n{body}");
+    let s = parse_config(
+        &group("tls = true\nsni = \"API.example.test\"\nca_file = \"ca.pem\"\n"),
+        "t",
+    )
+    .unwrap();
     let tls = s.groups[1].tls.as_ref().unwrap();
     assert_eq!(tls.sni.as_deref(), Some("api.example.test"));
     assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
-    assert!(parse_config(&group(""), "t").unwrap().groups[1].tls.is_none());
+    assert!(parse_config(&group(""), "t").unwrap().groups[1]
+        .tls
+        .is_none());
     for (body, expected) in [
-        ("sni = \"x.test\"\n", "upstreams.g.sni: only used with tls = true"),
-        ("ca_file = \"ca.pem\"\n", "upstreams.g.ca_file: only used with tls = true"),
-        ("tls = true\nsni = \"not a name\"\n", "upstreams.g.sni: \"not a name\" is not a host name"),
+        (
+            "sni = \"x.test\"\n",
+            "upstreams.g.sni: only used with tls = true",
+        ),
+        (
+            "ca_file = \"ca.pem\"\n",
+            "upstreams.g.ca_file: only used with tls = true",
+        ),
+        (
+            "tls = true\nsni = \"not a name\"\n",
+            "upstreams.g.sni: \"not a name\" is not a host name",
+        ),
     ] {
         let e = err(&group(body));
         assert!(e.contains(expected), "{body}: {e}");
     }
     // The roots are read when the settings are used: a missing file names the key and path.
-    let mut s = parse_config(&group("tls = true\nca_file = \"/nonexistent/ca.pem\"\n"), "t").unwrap();
+    let mut s = parse_config(
+        &group("tls = true\nca_file = \"/nonexistent/ca.pem\"\n"),
+        "t",
+    )
+    .unwrap();
     let e = load_upstream_roots(&mut s).unwrap_err();
-    assert!(e.starts_with("upstreams.g.ca_file \"/nonexistent/ca.pem\": cannot read"), "{e}");
+    assert!(
+        e.starts_with("upstreams.g.ca_file \"/nonexistent/ca.pem\": cannot read"),
+        "{e}"
+    );
 }
