@@ -6,6 +6,9 @@
 #   loadtest/bench.sh [--rounds N] [--duration S] [--workers N] [--connections C] [--wrk-threads T]
 #                     [--sweep-duration S] [--backend-workers N] [--clients N]
 #                     [--skip-sweep] [--skip-clients] [--skip-conns] [--no-build] [--out DIR]
+#   loadtest/bench.sh --tls [--rounds N] [--duration S] [--workers N] [--connections C]
+#                     [--wrk-threads T] [--backend-workers N] [--hs-burst N] [--hs-threads T]
+#                     [--no-build] [--out DIR]
 #
 # Defaults: 5 rounds of 10 s, 1 worker per proxy, wrk -t1 -c50; a full run takes ~12 minutes.
 # For development: loadtest/bench.sh --rounds 1 --duration 3
@@ -33,6 +36,33 @@
 #      at the backends (nginx stub_status) and, for ours, by gateway_upstream_connections_total.
 #
 # Results: loadtest/results/bench.{md,csv,json} and latency_sweep.png (see bench_report.py).
+#
+# --tls runs only this comparison (none of the parts above): `ours` (as above, plus a [tls]
+# listener; its plain listener stays, unused) against nginx terminating TLS (one worker each,
+# the same two backends, upstream keepalive, X-Forwarded-For), both with the same certificate
+# (scripts/dev_certs.sh in the temp dir: ECDSA P-256), TLS 1.2 and 1.3, ALPN h2 and http/1.1
+# offered by both (tls.http2 = true; nginx `listen ... ssl http2`), clients speaking HTTP/1.1
+# to https://localhost:PORT/ (SNI sent). Resumption is offered alike (the gateway's rustls: an
+# in-memory session cache and two TLS 1.3 tickets per handshake; nginx: ssl_session_tickets on,
+# two tickets) and never taken by the handshake client, so every handshake measured is full.
+# Interleaved rounds (ours nginx ours nginx ...), each round:
+#   keep-alive  wrk -t1 -c50 -d10s --latency over HTTPS: req/s, p50/p99, CPU per 100k requests;
+#               target ours/nginx req/s >= 0.85.
+#   handshakes  new TLS connections per second: bursts of `h2load --h1 -c N -n N -m 1
+#               -H 'Connection: close'` (N = --hs-burst, 1000) repeated for --duration seconds.
+#               With -n equal to -c every h2load client makes one connection, with a TLS
+#               session of its own (nothing to resume), sends one request and is done. (A
+#               client that sends several requests on new connections -- h2load -c 50 -n 2000
+#               with Connection: close, or wrk with that header -- reconnects with the same
+#               OpenSSL object and resumes its session: that would measure resumptions.)
+#               Rate = connections answered 2xx / h2load's own running time, summed over the
+#               bursts; also the server's CPU and h2load's CPU per connection. A server busy
+#               well below 100% means the client or the box set the rate (h2load does as much
+#               crypto per handshake as the server or more: it verifies the signature the server
+#               makes): then compare CPU per connection.
+# Results: loadtest/results/bench_tls.{md,json}. Needs h2load (apt-get install -y
+# nghttp2-client) and openssl besides wrk, nginx and curl. HS_BURST and HS_THREADS may come
+# from the environment too.
 # Settings may also come from the environment: ROUNDS, DURATION, WORKERS, CONNECTIONS,
 # WRK_THREADS, SWEEP_DURATION, BACKEND_WORKERS, CLIENTS, KEEP_TMP=1 (keep configs and raw output).
 set -euo pipefail
@@ -57,8 +87,11 @@ CONN_WORKERS=2
 CONN_DURATION=${CONN_DURATION:-}
 CONN_WARM=${CONN_WARM:-2}
 WARMUP=${WARMUP:-2}
+HS_BURST=${HS_BURST:-1000}
+HS_THREADS=${HS_THREADS:-1}
 OUT="$ROOT/loadtest/results"
 BUILD=1
+TLS=0
 DO_SWEEP=1
 DO_CLIENTS=1
 DO_CONNS=1
@@ -78,6 +111,9 @@ while (($#)); do
     --skip-sweep) DO_SWEEP=0; shift ;;
     --skip-clients) DO_CLIENTS=0; shift ;;
     --skip-conns) DO_CONNS=0; shift ;;
+    --tls) TLS=1; shift ;;
+    --hs-burst) HS_BURST=$2; shift 2 ;;
+    --hs-threads) HS_THREADS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -89,6 +125,337 @@ for v in ROUNDS DURATION WORKERS CONNECTIONS WRK_THREADS SWEEP_DURATION BACKEND_
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
 done
 ((ROUNDS <= 100 && DURATION <= 600 && CLIENTS <= 1000000)) || log_die "rounds <= 100, duration <= 600, clients <= 1000000"
+
+# --- --tls: ours against nginx, both terminating TLS (see the header) ------------------------
+# Runs instead of everything below and exits.
+if ((TLS)); then
+  for v in HS_BURST HS_THREADS; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
+  done
+  # A burst is accepted from the listen queue (backlog 4096 for both, capped by somaxconn):
+  # beyond it SYNs are dropped and retried a second later, which would be timed as handshakes.
+  # h2load holds one descriptor per connection of the burst, nginx two.
+  somaxconn=$(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo 4096)
+  ((HS_BURST <= 4096 && HS_BURST <= somaxconn)) ||
+    log_die "--hs-burst must stay within the listen backlog (4096, net.core.somaxconn = $somaxconn)"
+  ((HS_THREADS <= HS_BURST)) || log_die "--hs-threads must not exceed --hs-burst"
+  nofile=$(ulimit -n)
+  [[ $nofile == unlimited ]] || ((2 * HS_BURST + 256 <= nofile)) ||
+    log_die "--hs-burst $HS_BURST needs ulimit -n >= $((2 * HS_BURST + 256)) (it is $nofile); lower it or raise the limit"
+  log_need wrk "apt-get install -y wrk"
+  log_need h2load "apt-get install -y nghttp2-client"
+  log_need nginx "apt-get install -y nginx-light"
+  log_need openssl "apt-get install -y openssl"
+  log_need python3 "apt-get install -y python3"
+  log_need curl "apt-get install -y curl"
+
+  ((BUILD)) && build_release
+  check_binaries
+
+  install_cleanup
+  make_work_dir gateway-bench-tls
+  chmod 755 "$WORK_DIR" # nginx workers run as nobody
+  RAW="$WORK_DIR/raw"
+  CERTS="$WORK_DIR/certs"
+  mkdir -p "$RAW" "$OUT"
+  "$ROOT/scripts/dev_certs.sh" "$CERTS" >"$WORK_DIR/dev_certs.log" 2>&1 ||
+    log_die "scripts/dev_certs.sh failed: $(tail -n 3 "$WORK_DIR/dev_certs.log")"
+
+  log "backends: 2 x nginx (worker_processes $BACKEND_WORKERS)"
+  start_bench_backends "$BACKEND_WORKERS"
+  log "systems: $WORKERS worker(s)/thread(s) each, TLS on the same certificate"
+  read -r port admin tls_port <<<"$(free_ports 3)"
+  start_ours_tls ours "$port" "$admin" "$tls_port" "$WORKERS" "$CERTS" true
+  start_nginx_tls_proxy nginx "$(free_port)" "$WORKERS" "$CERTS" true
+  TLS_SYSTEMS=(ours nginx)
+
+  # What each system offers and what a client gets: HTTP/2 by ALPN (curl --http2), and, through
+  # OpenSSL as wrk uses it, the protocol, cipher, key exchange and the session tickets sent
+  # after one handshake (read until the server closes: Connection: close).
+  printf 'system\tcheck\tvalue\n' >"$RAW/tls_info.tsv"
+  for sys in "${TLS_SYSTEMS[@]}"; do
+    url="https://${SYS_TLS_ADDR[$sys]}/"
+    h2=$(curl -s -o /dev/null --cacert "$CERTS/ca.pem" --http2 -w '%{http_version}' -m 5 "$url" || true)
+    h1=$(curl -s -o /dev/null --cacert "$CERTS/ca.pem" --http1.1 -w '%{http_code} HTTP/%{http_version}' -m 5 "$url" || true)
+    [[ $h1 == "200 HTTP/1.1" ]] || log_die "$sys over HTTPS with HTTP/1.1 answered '$h1'"
+    s_client=$(printf 'GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' |
+      timeout 10 openssl s_client -connect "127.0.0.1:${SYS_TLS_ADDR[$sys]##*:}" -servername localhost \
+        -CAfile "$CERTS/ca.pem" -verify_return_error -msg -ign_eof 2>&1 || true)
+    grep -q '^HTTP/1.1 200' <<<"$s_client" || log_die "$sys: no 200 through openssl s_client"
+    {
+      printf '%s\thttp2_offered\t%s\n' "$sys" "$([[ $h2 == 2 ]] && echo yes || echo "no (HTTP/$h2)")"
+      printf '%s\topenssl_cipher\t%s\n' "$sys" "$(sed -n 's/^New, \(.*\), Cipher is \(.*\)$/\1 \2/p' <<<"$s_client" | head -n 1)"
+      printf '%s\topenssl_key_exchange\t%s\n' "$sys" "$(sed -n 's/^Server Temp Key: \(.*\)$/\1/p' <<<"$s_client" | head -n 1)"
+      printf '%s\ttickets_per_handshake\t%s\n' "$sys" "$(grep -c '^<<< .*NewSessionTicket' <<<"$s_client" || true)"
+    } >>"$RAW/tls_info.tsv"
+  done
+
+  cat >"$RAW/meta.json" <<EOF
+{"date": "$(date -u +%FT%TZ)", "git": "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo -dirty)",
+ "host": "$(uname -srm)", "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)",
+ "load_before": "$(cut -d' ' -f1-3 /proc/loadavg)",
+ "rounds": $ROUNDS, "duration_s": $DURATION, "workers": $WORKERS, "connections": $CONNECTIONS,
+ "wrk_threads": $WRK_THREADS, "backend_workers": $BACKEND_WORKERS, "warmup_s": $WARMUP,
+ "hs_burst": $HS_BURST, "hs_threads": $HS_THREADS, "clk_tck": $CLK_TCK,
+ "versions": {"nginx": "$(nginx -v 2>&1 | sed 's/.*\///')", "wrk": "$(wrk -v 2>&1 | awk 'NR==1 {print $2}')",
+              "h2load": "$(h2load --version 2>&1 | awk 'NR==1 {print $2}')", "openssl": "$(openssl version | awk '{print $2}')",
+              "rustls": "$(awk '$0 == "name = \"rustls\"" {getline; gsub(/[^0-9.]/, ""); print; exit}' "$ROOT/Cargo.lock")",
+              "rustc": "$(rustc --version 2>/dev/null | awk '{print $2}')"}}
+EOF
+
+  # tls_keepalive SYSTEM SECONDS OUTFILE: one wrk run over HTTPS; prints the CPU ticks it cost.
+  tls_keepalive() {
+    local sys=$1 secs=$2 out=$3 pid t0 t1 threads
+    pid=${SYS_PID[$sys]}
+    threads=$((WRK_THREADS < CONNECTIONS ? WRK_THREADS : CONNECTIONS))
+    t0=$(cpu_ticks "$pid")
+    wrk -t"$threads" -c"$CONNECTIONS" -d"${secs}s" --timeout 5s --latency "https://${SYS_TLS_ADDR[$sys]}/" \
+      >"$out" 2>&1 || log "wrk against $sys exited non-zero (see $out)"
+    t1=$(cpu_ticks "$pid")
+    echo $((t1 - t0))
+  }
+
+  # tls_handshakes SYSTEM SECONDS DIR [BURST]: h2load bursts (one connection, one request per
+  # client) until SECONDS have passed, each burst's output in DIR/burst_I.txt; prints the
+  # server's CPU ticks, the milliseconds it took and h2load's CPU seconds (`times` of the
+  # subshell that ran the bursts).
+  tls_handshakes() {
+    local sys=$1 secs=$2 dir=$3 burst=${4:-$HS_BURST} pid t0 t1 w0 w1 cpu
+    pid=${SYS_PID[$sys]}
+    mkdir -p "$dir"
+    t0=$(cpu_ticks "$pid")
+    w0=$(now_ms)
+    cpu=$(
+      (
+        i=0
+        while :; do
+          i=$((i + 1))
+          h2load --h1 -t"$HS_THREADS" -c"$burst" -n"$burst" -m1 -H 'Connection: close' \
+            "https://${SYS_TLS_ADDR[$sys]}/" >"$dir/burst_$i.txt" 2>&1 ||
+            log "h2load against $sys exited non-zero (see $dir/burst_$i.txt)"
+          (($(now_ms) - w0 < secs * 1000)) || break
+        done
+        times
+      ) | awk -F'[ms ]+' 'NR == 2 { printf "%.3f", $1 * 60 + $2 + $3 * 60 + $4 }'
+    )
+    w1=$(now_ms)
+    t1=$(cpu_ticks "$pid")
+    echo "$((t1 - t0)) $((w1 - w0)) ${cpu:-0}"
+  }
+
+  log "warm-up: ${WARMUP}s of wrk and one h2load burst per system"
+  for sys in "${TLS_SYSTEMS[@]}"; do
+    tls_keepalive "$sys" "$WARMUP" "$RAW/warmup_$sys.txt" >/dev/null
+    tls_handshakes "$sys" 0 "$RAW/warmup_hs_$sys" $((HS_BURST < 200 ? HS_BURST : 200)) >/dev/null
+  done
+  hs_failures0=$(ours_metric_sum "${SYS_ADMIN[ours]}" '^gateway_tls_handshake_failures_total')
+
+  printf 'system\tround\tfile\tticks\n' >"$RAW/tls_keepalive.tsv"
+  printf 'system\tround\tdir\tticks\twall_ms\tclient_cpu_s\n' >"$RAW/tls_handshakes.tsv"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for sys in "${TLS_SYSTEMS[@]}"; do
+      log "keep-alive: round $r/$ROUNDS $sys (wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, HTTPS)"
+      f="$RAW/keepalive_${sys}_$r.txt"
+      ticks=$(tls_keepalive "$sys" "$DURATION" "$f")
+      printf '%s\t%d\t%s\t%d\n' "$sys" "$r" "$f" "$ticks" >>"$RAW/tls_keepalive.tsv"
+    done
+    for sys in "${TLS_SYSTEMS[@]}"; do
+      log "handshakes: round $r/$ROUNDS $sys (h2load --h1 -t$HS_THREADS -c$HS_BURST -n$HS_BURST bursts for ${DURATION}s)"
+      d="$RAW/handshakes_${sys}_$r"
+      read -r ticks wall cpu <<<"$(tls_handshakes "$sys" "$DURATION" "$d")"
+      printf '%s\t%d\t%s\t%d\t%d\t%s\n' "$sys" "$r" "$d" "$ticks" "$wall" "$cpu" >>"$RAW/tls_handshakes.tsv"
+    done
+  done
+  hs_failures1=$(ours_metric_sum "${SYS_ADMIN[ours]}" '^gateway_tls_handshake_failures_total')
+  printf '{"load_after": "%s", "ours_tls_handshake_failures": %d}\n' "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    $((hs_failures1 - hs_failures0)) >"$RAW/after.json"
+
+  log "report"
+  python3 - "$RAW" "$OUT" "$HERE" <<'PY'
+import csv, json, re, statistics, sys
+from pathlib import Path
+
+raw, out, here = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, here)
+from bench_report import fmt, md_table, median, parse_wrk  # noqa: E402
+
+meta = json.loads((raw / "meta.json").read_text())
+meta.update(json.loads((raw / "after.json").read_text()))
+clk = meta["clk_tck"]
+SYSTEMS = ["ours", "nginx"]
+TARGET = 0.85
+
+
+def rows(name):
+    with (raw / name).open() as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+info = {}
+for r in rows("tls_info.tsv"):
+    info.setdefault(r["system"], {})[r["check"]] = r["value"]
+
+SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def parse_h2load(path):
+    text = path.read_text(errors="replace")
+    out = {"seconds": 0.0, "total": 0, "ok_2xx": 0}
+    m = re.search(r"finished in ([\d.]+)(us|ms|s),", text)
+    if m:
+        out["seconds"] = float(m.group(1)) * SECONDS[m.group(2)]
+    m = re.search(r"requests: (\d+) total", text)
+    if m:
+        out["total"] = int(m.group(1))
+    m = re.search(r"status codes: (\d+) 2xx", text)
+    if m:
+        out["ok_2xx"] = int(m.group(1))
+    for key, pat in (("tls", r"TLS Protocol: (\S+)"), ("cipher", r"Cipher: (\S+)"),
+                     ("key_exchange", r"Server Temp Key: (.+)"), ("alpn", r"Application protocol: (\S+)")):
+        m = re.search(pat, text)
+        out[key] = m.group(1).strip() if m else None
+    return out
+
+
+def ratio_summary(per_round):
+    v = [x for x in per_round if x is not None]
+    if not v:
+        return {"median": None, "min": None, "max": None, "per_round": per_round}
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "per_round": per_round}
+
+
+def div(a, b):
+    return a / b if a is not None and b else None
+
+
+# Keep-alive.
+ka = {s: [] for s in SYSTEMS}
+for r in rows("tls_keepalive.tsv"):
+    w = parse_wrk(r["file"])
+    w["round"] = int(r["round"])
+    w["cpu_s_per_100k"] = div(int(r["ticks"]) / clk * 100_000, w["requests"])
+    w["errors"] = w["non2xx"] + w["socket_errors"]
+    ka[r["system"]].append(w)
+ka_summary = {s: {k: median([x[k] for x in ka[s]]) for k in ("rps", "p50_ms", "p99_ms", "cpu_s_per_100k")}
+              | {"errors": sum(x["errors"] for x in ka[s]), "rounds": ka[s]} for s in SYSTEMS}
+
+# Handshakes.
+hs = {s: [] for s in SYSTEMS}
+for r in rows("tls_handshakes.tsv"):
+    bursts = [parse_h2load(p) for p in sorted(Path(r["dir"]).glob("burst_*.txt"))]
+    conns = sum(b["ok_2xx"] for b in bursts)
+    secs = sum(b["seconds"] for b in bursts)
+    wall = int(r["wall_ms"]) / 1000
+    cpu = int(r["ticks"]) / clk
+    client = float(r["client_cpu_s"])
+    first = bursts[0] if bursts else {}
+    hs[r["system"]].append({
+        "round": int(r["round"]), "bursts": len(bursts), "connections": conns,
+        "errors": sum(b["total"] - b["ok_2xx"] for b in bursts), "h2load_seconds": secs, "wall_seconds": wall,
+        "per_s": div(conns, secs), "server_us_per_conn": div(cpu * 1e6, conns),
+        "client_us_per_conn": div(client * 1e6, conns), "server_busy": div(cpu, secs),
+        "client_busy": div(client, wall * meta["hs_threads"]),
+        "tls": first.get("tls"), "cipher": first.get("cipher"), "key_exchange": first.get("key_exchange"),
+        "alpn": first.get("alpn")})
+hs_summary = {s: {k: median([x[k] for x in hs[s]]) for k in
+                  ("per_s", "server_us_per_conn", "client_us_per_conn", "server_busy", "client_busy")}
+              | {"connections": sum(x["connections"] for x in hs[s]), "errors": sum(x["errors"] for x in hs[s]),
+                 "rounds": hs[s]} for s in SYSTEMS}
+
+
+def per_round_ratio(data, key, a="ours", b="nginx"):
+    by = {s: {x["round"]: x.get(key) for x in data[s]} for s in (a, b)}
+    return [div(by[a].get(n), by[b].get(n)) for n in range(1, meta["rounds"] + 1)]
+
+
+ratios = {
+    "keepalive_rps": ratio_summary(per_round_ratio(ka, "rps")),
+    "keepalive_p99": ratio_summary(per_round_ratio(ka, "p99_ms")),
+    "keepalive_cpu_per_req": ratio_summary(per_round_ratio(ka, "cpu_s_per_100k")),
+    "handshakes_per_s": ratio_summary(per_round_ratio(hs, "per_s")),
+    "handshake_server_cpu_per_conn": ratio_summary(per_round_ratio(hs, "server_us_per_conn")),
+}
+ka_ratio = ratios["keepalive_rps"]["median"]
+target_met = None if ka_ratio is None else ka_ratio >= TARGET
+
+
+def rfmt(r, digits=3):
+    if r["median"] is None:
+        return "–", "–"
+    return (f"{r['median']:.{digits}f} ({r['min']:.{digits}f}–{r['max']:.{digits}f})",
+            " ".join(f"{x:.2f}" if x is not None else "–" for x in r["per_round"]))
+
+
+def pct(x):
+    return "–" if x is None else f"{x * 100:.0f}%"
+
+
+v = meta["versions"]
+md = ["# Gateway benchmark: TLS termination", "",
+      f"{meta['date']} · git {meta['git']} · {meta['host']} · {meta['cpus']} CPUs ({meta['cpu_model']}) · "
+      f"load before {meta['load_before']}, after {meta['load_after']} · nginx {v['nginx']}, wrk {v['wrk']}, "
+      f"h2load {v['h2load']}, OpenSSL {v['openssl']} (clients, nginx), rustls {v['rustls']} (ours), rustc {v['rustc']}", "",
+      f"Each proxy: {meta['workers']} worker(s)/thread(s), round robin over 2 nginx backends (`return 200 \"ok\"`, "
+      f"{meta['backend_workers']} worker(s) each), upstream keepalive, X-Forwarded-For. `ours` is the gateway as in "
+      "bench.md (rate limiting on, never reached; metrics; headers) with a `[tls]` listener; `nginx` terminates TLS "
+      "with `ssl_session_cache none; ssl_session_tickets on;`. Same certificate for both (scripts/dev_certs.sh: ECDSA "
+      "P-256), TLS 1.2–1.3, ALPN h2 and http/1.1 offered by both; the clients speak HTTP/1.1 to "
+      f"https://localhost:PORT/ (SNI sent). {meta['rounds']} interleaved rounds (ours, nginx, ...) of "
+      f"{meta['duration_s']} s per test; medians over rounds; ratios are medians of per-round ratios (min–max).", "",
+      md_table(["system", "HTTP/2 offered (ALPN)", "OpenSSL client gets", "key exchange", "session tickets sent per handshake"],
+               [[f"`{s}`", info[s].get("http2_offered", "–"), info[s].get("openssl_cipher", "–"),
+                 info[s].get("openssl_key_exchange", "–"), info[s].get("tickets_per_handshake", "–")] for s in SYSTEMS]),
+      "",
+      "## Keep-alive throughput over TLS", "",
+      f"`wrk -t{meta['wrk_threads']} -c{meta['connections']} -d{meta['duration_s']}s --latency https://localhost:PORT/` "
+      "(HTTP/1.1, connections kept open: handshakes only at the start). CPU = utime+stime of the proxy's processes "
+      "per 100k requests.", "",
+      md_table(["system", "req/s", "p50 ms", "p99 ms", "CPU s / 100k req", "errors"],
+               [[f"`{s}`", fmt(ka_summary[s]["rps"], 0), fmt(ka_summary[s]["p50_ms"], 3), fmt(ka_summary[s]["p99_ms"], 3),
+                 fmt(ka_summary[s]["cpu_s_per_100k"]), ka_summary[s]["errors"]] for s in SYSTEMS]),
+      "",
+      md_table(["ratio ours / nginx", "median (min–max)", "per round"],
+               [["req/s", *rfmt(ratios["keepalive_rps"])], ["p99", *rfmt(ratios["keepalive_p99"])],
+                ["CPU / request", *rfmt(ratios["keepalive_cpu_per_req"])]]),
+      "",
+      f"**Target ours ≥ {TARGET} × nginx req/s: "
+      + ("–" if target_met is None else ("met" if target_met else "not met")) + f"** (median ratio {fmt(ka_ratio, 3)}).",
+      "",
+      "## New TLS connections per second (full handshakes)", "",
+      f"Bursts of `h2load --h1 -t{meta['hs_threads']} -c{meta['hs_burst']} -n{meta['hs_burst']} -m1 "
+      "-H 'Connection: close' https://localhost:PORT/` repeated for the round's duration: every h2load client opens "
+      "one connection with a TLS session of its own (nothing to resume: a full handshake), sends one request and "
+      "is done. Rate = connections answered 2xx / h2load's running time summed over the bursts. CPU per connection: "
+      "the server's (utime+stime) and h2load's; busy = CPU / time (server: over h2load's running time; h2load: over "
+      "the round, per thread).", "",
+      md_table(["system", "connections/s", "server CPU µs / conn", "h2load CPU µs / conn", "server busy",
+                "h2load busy", "connections", "errors", "h2load saw"],
+               [[f"`{s}`", fmt(hs_summary[s]["per_s"], 0), fmt(hs_summary[s]["server_us_per_conn"], 0),
+                 fmt(hs_summary[s]["client_us_per_conn"], 0), pct(hs_summary[s]["server_busy"]),
+                 pct(hs_summary[s]["client_busy"]), f"{hs_summary[s]['connections']:,}", hs_summary[s]["errors"],
+                 " ".join(str(x) for x in ((hs[s][0]["tls"], hs[s][0]["cipher"], hs[s][0]["alpn"]) if hs[s] else ()) if x)]
+                for s in SYSTEMS]),
+      "",
+      md_table(["ratio ours / nginx", "median (min–max)", "per round"],
+               [["connections/s", *rfmt(ratios["handshakes_per_s"])],
+                ["server CPU / connection", *rfmt(ratios["handshake_server_cpu_per_conn"])]]),
+      "",
+      "No target: reported as measured. A server busy well below 100% means the rate was set by the client or by "
+      "the box (h2load does as much crypto per handshake as the server or more, and shares the CPUs with it); server "
+      "CPU per connection is the comparable figure then.",
+      f"TLS handshakes the gateway counted as failed during the rounds (gateway_tls_handshake_failures_total): "
+      f"{meta['ours_tls_handshake_failures']}; {meta['rounds']} of them expected, as each wrk run first opens and "
+      "closes one bare TCP connection to test the address.",
+      ]
+text = "\n".join(md) + "\n"
+(out / "bench_tls.md").write_text(text)
+print(text)
+(out / "bench_tls.json").write_text(json.dumps({
+    "meta": meta, "offered": info, "target_keepalive_ratio": TARGET, "target_met": target_met,
+    "keepalive": ka_summary, "handshakes": hs_summary, "ratios": ratios}, indent=1) + "\n")
+PY
+  exit 0
+fi
 
 log_need wrk "apt-get install -y wrk"
 log_need nginx "apt-get install -y nginx-light"

@@ -22,6 +22,7 @@
 #     profile_callgrind.sh)     start_nginx_backend start_bench_backends start_ours start_bare
 #                               start_nginx_proxy start_haproxy ours_metric_sum
 #                               start_redis redis_cli start_ours_redis
+#                               wait_serving_tls start_ours_tls start_nginx_tls_proxy
 #   Redis and the proxy's store redis_ping store_state store_state_is
 #     (run_ab.sh cluster, check_dashboard_live.sh)
 #
@@ -517,14 +518,15 @@ verdict() {
 # (make_work_dir), removed at exit unless KEEP_TMP=1. Messages go through log and log_die.
 
 # bench_init: the benchmarks' globals: the release binaries (PROXY_BIN, BARE_BIN), CLK_TCK
-# (exported), and per process name its PID, address and admin address (ours only).
+# (exported), and per process name its PID, address, admin address (ours only) and HTTPS
+# address (start_ours_tls, start_nginx_tls_proxy).
 bench_init() {
   TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
   PROXY_BIN="$TARGET_DIR/release/proxy"
   BARE_BIN="$TARGET_DIR/release/examples/bare_proxy"
   CLK_TCK="$(getconf CLK_TCK)"
   export CLK_TCK
-  declare -gA BACKEND_PID=() SYS_PID=() SYS_ADDR=() SYS_ADMIN=()
+  declare -gA BACKEND_PID=() SYS_PID=() SYS_ADDR=() SYS_ADMIN=() SYS_TLS_ADDR=()
 }
 
 # need_matplotlib: log_die unless python3 can import matplotlib.
@@ -793,6 +795,89 @@ EOF
 # ours_metric_sum ADMIN_ADDR REGEX: sum of the samples of the metric lines matching REGEX.
 ours_metric_sum() {
   curl -s -m 2 "http://$1/metrics" | awk -v re="$2" '$0 ~ re {s += $NF} END {printf "%d\n", s}'
+}
+
+# TLS (loadtest/bench.sh --tls). CERT_DIR is what scripts/dev_certs.sh makes: ca.pem and
+# localhost.{pem,key} (SANs localhost and 127.0.0.1). Clients go to https://localhost:PORT/, so
+# SNI is sent; the servers listen on 127.0.0.1 only (curl, wrk and h2load each skip an address
+# that refuses the connection, should localhost also resolve to ::1).
+
+# wait_serving_tls URL CA_FILE PID [LOGFILE]: wait_serving over HTTPS, the server's certificate
+# verified against CA_FILE.
+wait_serving_tls() {
+  local url=$1 ca=$2 pid=$3 logfile=${4:-} i code
+  for ((i = 0; i < 200; i++)); do
+    code=$(curl -s -o /dev/null -m 1 --cacert "$ca" -w '%{http_code}' "$url" || true)
+    [[ $code == 200 ]] && return 0
+    if ! alive "$pid"; then
+      [[ -n $logfile ]] && tail -n 5 "$logfile" >&2
+      log_die "process $pid exited before $url answered"
+    fi
+    sleep 0.1
+  done
+  log_die "$url did not answer 200 (certificate checked against $ca) within 20s"
+}
+
+# start_ours_tls NAME PORT ADMIN_PORT TLS_PORT THREADS CERT_DIR HTTP2(true|false)
+# start_ours (rate limiting on, never reached; no access log) plus a [tls] table: one listener
+# on 127.0.0.1:TLS_PORT (the plain one on PORT stays), CERT_DIR/localhost.{pem,key},
+# min_version "1.2", http2 = HTTP2. A caller's EXTRA_TOML is kept (the [tls] table goes after
+# it). Sets SYS_TLS_ADDR[NAME] = localhost:TLS_PORT; returns once https://localhost:TLS_PORT
+# READY_PATH [/] answers 200 with the certificate verified against CERT_DIR/ca.pem.
+start_ours_tls() {
+  local name=$1 port=$2 admin=$3 tls_port=$4 threads=$5 certs=$6 http2=$7
+  EXTRA_TOML="${EXTRA_TOML:-}
+[tls]
+listen = [\"127.0.0.1:$tls_port\"]
+certificates = [{ cert = \"$certs/localhost.pem\", key = \"$certs/localhost.key\" }]
+min_version = \"1.2\"
+http2 = $http2" start_ours "$name" "$port" "$admin" "$threads" true false
+  SYS_TLS_ADDR[$name]="localhost:$tls_port"
+  wait_serving_tls "https://localhost:$tls_port${READY_PATH:-/}" "$certs/ca.pem" "${SYS_PID[$name]}" \
+    "$WORK_DIR/$name/stdout.log"
+}
+
+# start_nginx_tls_proxy NAME PORT WORKERS CERT_DIR HTTP2(true|false): nginx as a reverse proxy
+# as start_nginx_proxy builds it (keepalive 128 to the backends, X-Forwarded-For), listening
+# with TLS only on 127.0.0.1:PORT: CERT_DIR/localhost.{pem,key}, TLSv1.2 and TLSv1.3, `http2` on
+# the listener when HTTP2 is true (ALPN h2 offered, as the gateway's tls.http2 does). Session
+# resumption is offered as by nginx's defaults and the gateway's (rustls: two TLS 1.3 tickets per
+# handshake): ssl_session_tickets on, no session cache. Sets SYS_PID[NAME] and SYS_TLS_ADDR[NAME]
+# = localhost:PORT; returns once it answers 200 over HTTPS (certificate checked).
+start_nginx_tls_proxy() {
+  local name=$1 port=$2 workers=$3 certs=$4 http2="" dir="$WORK_DIR/$1" servers="" b
+  [[ $5 == true ]] && http2=" http2"
+  for b in $BACKENDS_ARGS; do servers+="        server $b;"$'\n'; done
+  nginx_conf_head "$dir" "$workers"
+  cat >>"$dir/nginx.conf" <<EOF
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream backends {
+$servers        keepalive 128;
+        keepalive_requests 100000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:$port ssl$http2 backlog=4096;
+        ssl_certificate $certs/localhost.pem;
+        ssl_certificate_key $certs/localhost.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache none;
+        ssl_session_tickets on;
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_connect_timeout 1s;
+        }
+    }
+}
+EOF
+  run_nginx "$dir"
+  SYS_PID[$name]=$SPAWNED_PID
+  SYS_TLS_ADDR[$name]="localhost:$port"
+  wait_serving_tls "https://localhost:$port/" "$certs/ca.pem" "$SPAWNED_PID" "$dir/logs/error.log"
 }
 
 # start_redis NAME PORT: redis-server on 127.0.0.1:PORT with persistence off (no RDB snapshots,
