@@ -40,21 +40,24 @@ RUN find proxy/src mock-backend/src -name '*.rs' -exec touch {} + \
 # ---------------------------------------------------------------- runtime
 FROM debian:${DEBIAN_VERSION}-slim AS runtime
 
-# curl is only for HEALTHCHECK (here and in docker-compose.yml).
+# curl is only for HEALTHCHECK (here and in docker-compose.yml); openssl for the demo's
+# certificates (compose's `certs` service runs scripts/dev_certs.sh into /certs).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl \
+    && apt-get install -y --no-install-recommends curl openssl \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --home-dir /var/lib/gateway --create-home \
-        --shell /usr/sbin/nologin gateway
+        --shell /usr/sbin/nologin gateway \
+    && install -d -o gateway -g gateway -m 0755 /certs
 
 COPY --from=build /out/proxy /out/mock-backend /usr/local/bin/
+COPY scripts/dev_certs.sh scripts/lib.sh /usr/local/share/gateway/scripts/
 
 USER gateway
 WORKDIR /var/lib/gateway
 
-# 8080: proxy listener, 9091: admin (/metrics, /health, /ready).
-EXPOSE 8080 9091
+# 8080: proxy listener, 8443: its HTTPS listener, 9091: admin (/metrics, /health, /ready).
+EXPOSE 8080 8443 9091
 
 # SIGTERM drains (grace_period_seconds + graceful_shutdown_timeout_seconds); give the
 # container a stop timeout above that (compose: stop_grace_period).

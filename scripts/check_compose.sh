@@ -24,7 +24,8 @@
 #
 # Settings (environment): DOCKER (the docker CLI, see scripts/lib.sh docker_cli),
 # CHECK_COMPOSE_PROJECT [gateway-check] (compose project name of the run),
-# GATEWAY_HTTP_PORT, GATEWAY_ADMIN_PORT, GATEWAY2_HTTP_PORT, GATEWAY2_ADMIN_PORT, PROMETHEUS_PORT,
+# GATEWAY_HTTP_PORT, GATEWAY_HTTPS_PORT, GATEWAY_ADMIN_PORT, GATEWAY2_HTTP_PORT,
+# GATEWAY2_HTTPS_PORT, GATEWAY2_ADMIN_PORT, PROMETHEUS_PORT,
 # GRAFANA_PORT [free ports],
 # HEALTH_TIMEOUT_SECONDS [180], KEEP_TMP=1 (keep the logs when it passes too).
 set -euo pipefail
@@ -263,7 +264,7 @@ lap build "$t"
 
 # ---- Stack ------------------------------------------------------------------------------------
 
-for v in GATEWAY_HTTP_PORT GATEWAY_ADMIN_PORT GATEWAY2_HTTP_PORT GATEWAY2_ADMIN_PORT PROMETHEUS_PORT GRAFANA_PORT; do
+for v in GATEWAY_HTTP_PORT GATEWAY_HTTPS_PORT GATEWAY_ADMIN_PORT GATEWAY2_HTTP_PORT GATEWAY2_HTTPS_PORT GATEWAY2_ADMIN_PORT PROMETHEUS_PORT GRAFANA_PORT; do
   [ -n "${!v:-}" ] || printf -v "$v" '%s' "$(free_port)"
   export "${v?}"
 done
@@ -299,22 +300,28 @@ if ! compose up -d --no-build "${services[@]}" >"$work/up.log" 2>&1; then
   fail "${COMPOSE_CMD[*]} up -d failed (log above)"
 fi
 
-# health SERVICE: "running healthy", "running starting", "exited none", ... of its container.
+# health SERVICE: "running healthy", "running starting", "exited none 0", ... of its container
+# (the exit code last).
 health() {
   local cid
   cid=$(compose ps -q "$1" 2>/dev/null | head -n 1)
-  [ -n "$cid" ] || { echo "absent none"; return 0; }
-  "$DOCKER" inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$cid" 2>/dev/null ||
-    echo "absent none"
+  [ -n "$cid" ] || { echo "absent none -"; return 0; }
+  "$DOCKER" inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}' "$cid" 2>/dev/null ||
+    echo "absent none -"
 }
 deadline=$((SECONDS + ${HEALTH_TIMEOUT_SECONDS:-180}))
 pending=("${services[@]}")
 while [ ${#pending[@]} -gt 0 ]; do
   still=()
   for svc in "${pending[@]}"; do
-    read -r state hc <<<"$(health "$svc")"
+    read -r state hc code <<<"$(health "$svc")"
     case "$state $hc" in
       "running healthy" | "running none") ;;
+      # A one-shot service (certs) that did its job.
+      "exited none") [ "$code" = 0 ] || {
+        compose logs --no-color --tail 20 "$svc" >&2 || true
+        fail "$svc exited with status $code (logs above)"
+      } ;;
       "running starting") still+=("$svc") ;;
       *)
         compose logs --no-color --tail 20 "$svc" >&2 || true
@@ -403,6 +410,19 @@ print(" ".join("%s=%s" % (x["labels"].get("instance"), x["health"]) for x in jso
 above() {
   python3 -c 'import sys; sys.exit(0 if float(sys.argv[1] or 0) > 0 else 1)' "$(prom_value "$1" || true)"
 }
+
+# HTTPS on both replicas, verified against the CA the certs service made.
+compose exec -T proxy cat /certs/ca.pem >"$work/ca.pem" 2>/dev/null ||
+  fail "cannot read the demo CA (/certs/ca.pem) in the proxy container"
+# https_ok PORT: 200 over HTTP/2 from https://localhost:PORT/, verified with the demo CA.
+https_ok() {
+  [ "$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --max-time 5 --cacert "$work/ca.pem" \
+    "https://localhost:$1/" 2>/dev/null || true)" = "200 2" ]
+}
+for port in "$GATEWAY_HTTPS_PORT" "$GATEWAY2_HTTPS_PORT"; do
+  poll 30000 0.5 https_ok "$port" || fail "HTTPS on 127.0.0.1:$port does not answer 200 over HTTP/2 with the demo CA"
+done
+report "HTTPS: both replicas answer 200 over HTTP/2 on :$GATEWAY_HTTPS_PORT and :$GATEWAY2_HTTPS_PORT, verified against the demo CA"
 
 before=$(prom_value 'sum(gateway_requests_total)') || fail "Prometheus does not answer at $PROM"
 before=${before:-0}
