@@ -44,11 +44,28 @@ const OK_UPSTREAM: &str = "[upstream]\nbackends = [\"127.0.0.1:9001\"]\n";
 
 #[test]
 fn shipped_configs_pass() {
-    for rel in ["config/proxy.toml", "config/docker.toml"] {
+    // config/docker.toml names its certificates as the container sees them (/certs, made by
+    // compose's certs service): checked here with certificates of a test CA in their place.
+    let dir = TempDir::new("shipped");
+    let ca = TestCa::new("shipped-config CA");
+    ca.write_leaf(dir.path(), "localhost", &["localhost"]);
+    let docker = std::fs::read_to_string(repo_file("config/docker.toml"))
+        .unwrap()
+        .replace("/certs/", &format!("{}/", dir.path().display()));
+    assert!(
+        docker.contains("[tls]"),
+        "config/docker.toml has no [tls] any more"
+    );
+    let docker_path = dir.path().join("docker.toml");
+    std::fs::write(&docker_path, docker).unwrap();
+    for (rel, path) in [
+        ("config/proxy.toml", repo_file("config/proxy.toml")),
+        ("config/docker.toml", docker_path),
+    ] {
         let out = Command::new(PROXY_BIN)
             .arg("-t")
             .arg("-c")
-            .arg(repo_file(rel))
+            .arg(&path)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
