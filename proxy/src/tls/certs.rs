@@ -22,12 +22,18 @@ pub struct LoadedCertificate {
 impl LoadedCertificate {
     /// Whether the leaf covers `host` (lower case): an exact name or a one-label wildcard.
     pub fn covers(&self, host: &str) -> bool {
-        self.names.iter().any(|n| match n.strip_prefix("*.") {
-            Some(suffix) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-            None => n == host,
-        })
+        self.names.iter().any(|n| name_matches(n, host))
+    }
+}
+
+/// Whether the certificate name `pattern` covers `host` (both lower case): the same name, or
+/// `*.suffix` for a host of exactly one more label.
+pub fn name_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => pattern == host,
     }
 }
 
@@ -108,4 +114,19 @@ pub fn load_all(
         loaded.push(cert);
     }
     Ok((loaded, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_matches;
+
+    #[test]
+    fn wildcards_cover_exactly_one_more_label() {
+        assert!(name_matches("api.example.test", "api.example.test"));
+        assert!(!name_matches("api.example.test", "www.example.test"));
+        assert!(name_matches("*.example.test", "api.example.test"));
+        assert!(!name_matches("*.example.test", "example.test"));
+        assert!(!name_matches("*.example.test", "a.b.example.test"));
+        assert!(!name_matches("*.example.test", ".example.test"));
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::tls::certs::LoadedCertificate;
+use crate::tls::certs::{name_matches, LoadedCertificate};
 
 #[derive(Debug)]
 pub struct SniResolver {
@@ -25,22 +25,16 @@ impl SniResolver {
         }
     }
 
+    /// An exact name first, then a wildcard, else the first certificate.
     fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let covers = |names: &[String], host: &str, wildcard: bool| {
-            names
-                .iter()
-                .any(|n| match (wildcard, n.strip_prefix("*.")) {
-                    (false, None) => n == host,
-                    (true, Some(suffix)) => host
-                        .split_once('.')
-                        .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-                    _ => false,
-                })
-        };
         if let Some(host) = name.map(str::to_ascii_lowercase) {
             for wildcard in [false, true] {
-                if let Some((_, key)) = self.certs.iter().find(|(n, _)| covers(n, &host, wildcard))
-                {
+                let hit = self.certs.iter().find(|(names, _)| {
+                    names
+                        .iter()
+                        .any(|n| n.starts_with("*.") == wildcard && name_matches(n, &host))
+                });
+                if let Some((_, key)) = hit {
                     return Some(key.clone());
                 }
             }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pingora::lb::{Backend, Backends};
+use pingora::lb::Backend;
 
 use crate::upstream::{self, BackendInfo};
 
@@ -39,11 +39,6 @@ struct Weights {
 }
 
 impl SmoothRoundRobin {
-    /// The next backend of `backends` that is ready (enabled and healthy) and not in `tried`.
-    pub fn next(&self, backends: &Backends, tried: &[SocketAddr]) -> Option<Pick> {
-        self.pick(&backends.get_backend(), |b| backends.ready(b), tried)
-    }
-
     /// The next of `members` that `ready` accepts and that is not in `tried`. Allocates only
     /// when the membership changed since the last pick.
     pub fn pick(
@@ -96,7 +91,6 @@ fn effective_weight(backend: &Backend) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora::lb::discovery::Static;
 
     const A: &str = "10.0.0.1:80";
     const B: &str = "10.0.0.2:80";
@@ -195,19 +189,5 @@ mod tests {
         // A weight change is a membership change too (Backend equality includes the weight).
         let reweighted = members(&[(A, 1), (B, 2), (C, 1), (D, 1)]);
         assert_eq!(sequence(&rr, &reweighted, all, &[], 5), "bacdb");
-    }
-
-    #[tokio::test]
-    async fn follows_the_readiness_of_a_live_backend_view() {
-        let set = members(&[(A, 1), (B, 1), (C, 1)]);
-        let backends = Backends::new(Static::new((*set).clone()));
-        backends.update(|_| {}).await.unwrap();
-        let b = Backend::new(B).unwrap();
-        backends.set_enable(&b, false);
-        let rr = SmoothRoundRobin::default();
-        let picks: String = (0..6)
-            .map(|_| letter(rr.next(&backends, &[]).expect("a pick").0))
-            .collect();
-        assert_eq!(picks, "acacac");
     }
 }
