@@ -1,4 +1,5 @@
-//! Fault injection: a share of traffic answered with a chosen status after a chosen delay.
+//! Fault injection: a share of traffic answered with a chosen status after a chosen delay, or
+//! (with `reset`) not answered at all, its connection reset.
 //!
 //! The fault in force is set by `PUT /_mock/fault` (or the `--fault-*` flags), read by
 //! `GET /_mock/fault` and cleared by `DELETE /_mock/fault`; see `routes` for which requests it
@@ -17,13 +18,17 @@ use crate::routes::MAX_DELAY_MS;
 pub const DEFAULT_STATUS: u16 = 500;
 pub const DEFAULT_RATE: f64 = 1.0;
 pub const DEFAULT_DELAY_MS: u64 = 0;
+pub const DEFAULT_RESET: bool = false;
 
-/// A validated fault: `rate` of the faultable requests answer `status` after `delay_ms`.
+/// A validated fault: `rate` of the faultable requests answer `status` after `delay_ms`, or with
+/// `reset` get no answer at all: their connection is reset after `delay_ms` (`status` is then
+/// unused, but kept so the fault still serializes as its `PUT` body).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Fault {
     pub status: u16,
     pub rate: f64,
     pub delay_ms: u64,
+    pub reset: bool,
 }
 
 /// The body of `PUT /_mock/fault`: every field optional, nothing else allowed (a misspelt field
@@ -34,11 +39,13 @@ struct FaultBody {
     status: Option<u16>,
     rate: Option<f64>,
     delay_ms: Option<u64>,
+    reset: Option<bool>,
 }
 
 impl Fault {
     /// Validates one fault: status 100..=599, rate within 0.0..=1.0, delay up to `MAX_DELAY_MS`.
-    pub fn new(status: u16, rate: f64, delay_ms: u64) -> Result<Self, String> {
+    /// The status is checked even with `reset`, so a fault read back is always a valid `PUT`.
+    pub fn new(status: u16, rate: f64, delay_ms: u64, reset: bool) -> Result<Self, String> {
         if !(100..=599).contains(&status) {
             return Err(format!("status must be within 100..=599, got {status}"));
         }
@@ -54,19 +61,23 @@ impl Fault {
             status,
             rate,
             delay_ms,
+            reset,
         })
     }
 
-    /// From optional parts, the missing ones defaulted (status 500, rate 1.0, no delay).
+    /// From optional parts, the missing ones defaulted (status 500, rate 1.0, no delay, no
+    /// reset).
     pub fn with_defaults(
         status: Option<u16>,
         rate: Option<f64>,
         delay_ms: Option<u64>,
+        reset: Option<bool>,
     ) -> Result<Self, String> {
         Self::new(
             status.unwrap_or(DEFAULT_STATUS),
             rate.unwrap_or(DEFAULT_RATE),
             delay_ms.unwrap_or(DEFAULT_DELAY_MS),
+            reset.unwrap_or(DEFAULT_RESET),
         )
     }
 
@@ -77,19 +88,20 @@ impl Fault {
                 status: None,
                 rate: None,
                 delay_ms: None,
+                reset: None,
             }
         } else {
             serde_json::from_slice(body).map_err(|e| {
                 format!(
-                    "body must be a JSON object with optional \"status\", \"rate\", \"delay_ms\": {e}"
+                    "body must be a JSON object with optional \"status\", \"rate\", \"delay_ms\", \"reset\": {e}"
                 )
             })?
         };
-        Self::with_defaults(body.status, body.rate, body.delay_ms)
+        Self::with_defaults(body.status, body.rate, body.delay_ms, body.reset)
     }
 
     pub fn to_json(self) -> serde_json::Value {
-        // Serializing three numbers cannot fail.
+        // Serializing three numbers and a bool cannot fail.
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 }
@@ -186,6 +198,7 @@ mod tests {
             status: 500,
             rate: 1.0,
             delay_ms: 0,
+            reset: false,
         };
         assert_eq!(Fault::from_json(b"{}"), Ok(all_defaults));
         assert_eq!(Fault::from_json(b""), Ok(all_defaults));
@@ -199,7 +212,8 @@ mod tests {
             Ok(Fault {
                 status: 200,
                 rate: 1.0,
-                delay_ms: 300
+                delay_ms: 300,
+                reset: false,
             })
         );
         assert_eq!(
@@ -207,7 +221,8 @@ mod tests {
             Ok(Fault {
                 status: 500,
                 rate: 0.0,
-                delay_ms: 0
+                delay_ms: 0,
+                reset: false,
             })
         );
     }
@@ -231,6 +246,10 @@ mod tests {
             r#"{"delay_ms": 600001}"#,
             r#"{"delay_ms": -5}"#,
             r#"{"delay": 100}"#,
+            r#"{"reset": "true"}"#,
+            r#"{"reset": 1}"#,
+            r#"{"reset": "yes"}"#,
+            r#"{"reset": true, "status": 600}"#,
         ] {
             assert!(
                 Fault::from_json(body.as_bytes()).is_err(),
@@ -243,14 +262,37 @@ mod tests {
 
     #[test]
     fn fault_serializes_as_its_put_body() {
-        let fault = Fault::new(503, 0.25, 40).unwrap();
+        let fault = Fault::new(503, 0.25, 40, false).unwrap();
         assert_eq!(
             fault.to_json(),
-            serde_json::json!({"status": 503, "rate": 0.25, "delay_ms": 40})
+            serde_json::json!({"status": 503, "rate": 0.25, "delay_ms": 40, "reset": false})
         );
         assert_eq!(
             Fault::from_json(fault.to_json().to_string().as_bytes()),
             Ok(fault)
+        );
+        let reset = Fault::new(500, 0.5, 0, true).unwrap();
+        assert_eq!(
+            reset.to_json(),
+            serde_json::json!({"status": 500, "rate": 0.5, "delay_ms": 0, "reset": true})
+        );
+        assert_eq!(
+            Fault::from_json(reset.to_json().to_string().as_bytes()),
+            Ok(reset)
+        );
+    }
+
+    #[test]
+    fn reset_is_an_optional_bool() {
+        let reset = |r| Fault::new(500, 1.0, 0, r).unwrap();
+        assert_eq!(Fault::from_json(br#"{"reset": true}"#), Ok(reset(true)));
+        assert_eq!(Fault::from_json(br#"{"reset": false}"#), Ok(reset(false)));
+        assert_eq!(Fault::from_json(br#"{"reset": null}"#), Ok(reset(false)));
+        assert_eq!(Fault::from_json(br#"{"status": 500}"#), Ok(reset(false)));
+        assert_eq!(
+            Fault::from_json(br#"{"reset": true, "status": 503, "rate": 0.5, "delay_ms": 7}"#),
+            Ok(Fault::new(503, 0.5, 7, true).unwrap()),
+            "the other fields are kept (and validated) alongside reset"
         );
     }
 
@@ -279,11 +321,11 @@ mod tests {
         let switch = FaultSwitch::new(None);
         assert_eq!(switch.get(), None);
         assert_eq!(switch.draw(), None);
-        let fault = Fault::new(502, 1.0, 0).unwrap();
+        let fault = Fault::new(502, 1.0, 0, false).unwrap();
         switch.set(Some(fault));
         assert_eq!(switch.get(), Some(fault));
         assert_eq!(switch.draw(), Some(fault));
-        switch.set(Some(Fault::new(502, 0.0, 0).unwrap()));
+        switch.set(Some(Fault::new(502, 0.0, 0, false).unwrap()));
         assert!((0..1_000).all(|_| switch.draw().is_none()));
         switch.set(None);
         assert_eq!(switch.get(), None);

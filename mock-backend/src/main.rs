@@ -12,20 +12,26 @@
 //!
 //! Fault injection (`/health`, `/stats` and `/_mock/*` are never faulted, so health checks keep
 //! passing):
-//! - `PUT /_mock/fault` with `{"status": 500, "rate": 1.0, "delay_ms": 0}`, every field optional
-//!   (defaults as shown; an empty body counts as `{}`; other fields are refused): from now on each
-//!   other request, with probability `rate`, waits `delay_ms` and then answers `status` with
-//!   `{"backend": NAME, "fault": true, "status": N}` (no body for 1xx, 204 and 304; hyper cannot
-//!   send a final 1xx and answers those 500) and the header `x-mock-fault: true`. `status` must
-//!   be within 100..=599 (200 with a delay makes a slow but healthy backend), `rate` within
-//!   0.0..=1.0, `delay_ms` at most 600000. Answers 200 with the fault now in force; bad JSON or
-//!   values get 400 `{"error": ...}` and leave the fault as it was.
+//! - `PUT /_mock/fault` with `{"status": 500, "rate": 1.0, "delay_ms": 0, "reset": false}`, every
+//!   field optional (defaults as shown; an empty body counts as `{}`; other fields are refused):
+//!   from now on each other request, with probability `rate`, waits `delay_ms` and then answers
+//!   `status` with `{"backend": NAME, "fault": true, "status": N}` (no body for 1xx, 204 and 304;
+//!   hyper cannot send a final 1xx and answers those 500) and the header `x-mock-fault: true`.
+//!   `status` must be within 100..=599 (200 with a delay makes a slow but healthy backend),
+//!   `rate` within 0.0..=1.0, `delay_ms` at most 600000, `reset` a bool. Answers 200 with the
+//!   fault now in force; bad JSON or values get 400 `{"error": ...}` and leave the fault as it
+//!   was.
+//! - With `"reset": true` a faulted request gets no answer at all: after `delay_ms` its
+//!   connection is closed with a TCP RST (SO_LINGER 0), so the client reads "connection reset"
+//!   (over TLS too, without a TLS close_notify), as from a crashed backend. `status` is then
+//!   unused (still validated and shown). Other requests pipelined on that connection are lost
+//!   with it.
 //! - `GET /_mock/fault`    200, the fault in force or `null`.
 //! - `DELETE /_mock/fault` 200 `null`: no fault any more.
-//! - `--fault-status CODE`, `--fault-rate SHARE`, `--fault-delay-ms MS`: start with a fault; any
-//!   of them turns it on, with the defaults above for the rest.
+//! - `--fault-status CODE`, `--fault-rate SHARE`, `--fault-delay-ms MS`, `--fault-reset`: start
+//!   with a fault; any of them turns it on, with the defaults above for the rest.
 //!
-//! Faulted requests count in `requests` and `paths` like any other.
+//! Faulted requests, resets included, count in `requests`, `faulted` and `paths` like any other.
 //!
 //! HTTPS: `--tls-cert CHAIN.pem --tls-key KEY.pem` (both or neither) serves HTTP/1.1 over TLS
 //! (1.2 or 1.3, ALPN `http/1.1`) with everything above unchanged. The key may be PKCS#8, PKCS#1
@@ -45,9 +51,12 @@ mod fault;
 mod routes;
 mod tls;
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use clap::Parser;
@@ -55,8 +64,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
 
@@ -71,9 +80,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     version,
     about = "A mock HTTP backend for the gateway's tests and demos",
     after_help = "Fault injection at run time: PUT /_mock/fault with \
-{\"status\": 500, \"rate\": 1.0, \"delay_ms\": 0} (every field optional, defaults as shown) \
-makes that share of requests answer `status` after `delay_ms`; GET /_mock/fault shows the fault \
-in force (or null), DELETE /_mock/fault clears it. /health, /stats and /_mock/* are never faulted."
+{\"status\": 500, \"rate\": 1.0, \"delay_ms\": 0, \"reset\": false} (every field optional, \
+defaults as shown) makes that share of requests answer `status` after `delay_ms`; with \
+\"reset\": true they get no answer but a connection reset instead. GET /_mock/fault shows the \
+fault in force (or null), DELETE /_mock/fault clears it. /health, /stats and /_mock/* are never faulted."
 )]
 struct Cli {
     /// Address to listen on (port 0 picks a free port; the real one is printed on stdout).
@@ -94,6 +104,10 @@ struct Cli {
     /// default: 0].
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(..=MAX_DELAY_MS))]
     fault_delay_ms: Option<u64>,
+    /// Start with a fault that answers nothing and resets the connection (TCP RST) instead; the
+    /// status is then unused.
+    #[arg(long)]
+    fault_reset: bool,
     /// Serve HTTPS with this PEM certificate chain (leaf first). Needs --tls-key.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -105,11 +119,20 @@ struct Cli {
 impl Cli {
     /// The fault to start with: none unless a `--fault-*` flag was given.
     fn fault(&self) -> Result<Option<Fault>, String> {
-        if self.fault_status.is_none() && self.fault_rate.is_none() && self.fault_delay_ms.is_none()
+        if self.fault_status.is_none()
+            && self.fault_rate.is_none()
+            && self.fault_delay_ms.is_none()
+            && !self.fault_reset
         {
             return Ok(None);
         }
-        Fault::with_defaults(self.fault_status, self.fault_rate, self.fault_delay_ms).map(Some)
+        Fault::with_defaults(
+            self.fault_status,
+            self.fault_rate,
+            self.fault_delay_ms,
+            Some(self.fault_reset),
+        )
+        .map(Some)
     }
 
     /// The TLS acceptor for `--tls-cert`/`--tls-key`: none without them (clap has already
@@ -214,16 +237,96 @@ async fn run(cli: Cli, fault: Option<Fault>, acceptor: Option<TlsAcceptor>) -> s
 }
 
 /// Serves HTTP/1.1 keep-alive on one connection (plain TCP or TLS) until it closes or, once a
-/// drain starts, its in-flight request is answered.
+/// drain starts, its in-flight request is answered. A `reset` fault ends it early, unanswered
+/// and with a TCP RST.
 async fn serve<I>(io: I, state: Arc<State>, watcher: Watcher)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: TcpSocket + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let per_conn = Arc::new(Connection::default());
+    let io = ResetOnDrop {
+        io,
+        conn: per_conn.clone(),
+    };
     let service = service_fn(move |req| handle(req, state.clone(), per_conn.clone()));
     let conn = http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service);
-    // A client that goes away mid-request is normal; nothing to report.
+    // A client that goes away mid-request is normal, and a reset fault fails the connection
+    // on purpose; nothing to report.
     let _ = watcher.watch(conn).await;
+}
+
+/// The TCP socket under a connection's stream, for the socket option a reset needs.
+trait TcpSocket {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TcpSocket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl TcpSocket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// A connection's stream that, once a `reset` fault has hit the connection, closes with a TCP
+/// RST instead of a FIN: SO_LINGER 0 is set just before the socket is closed, so only faulted
+/// connections are aborted (a drain or an idle close stays clean).
+struct ResetOnDrop<I: TcpSocket> {
+    io: I,
+    conn: Arc<Connection>,
+}
+
+impl<I: TcpSocket> Drop for ResetOnDrop<I> {
+    fn drop(&mut self) {
+        if self.conn.reset_requested() {
+            // Should this fail, the close is a FIN: still no answer, just not an abort.
+            let _ = self.io.tcp().set_zero_linger();
+        }
+    }
+}
+
+impl<I: TcpSocket + AsyncRead + Unpin> AsyncRead for ResetOnDrop<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: TcpSocket + AsyncWrite + Unpin> AsyncWrite for ResetOnDrop<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

@@ -1,10 +1,11 @@
 //! Request routing for the mock backend: one handler matched on the path.
 //!
 //! `/health`, `/stats` and the `/_mock/*` control routes are never faulted; every other request
-//! first draws against the fault in force (see `fault`), and a hit is answered by [`faulted`].
+//! first draws against the fault in force (see `fault`), and a hit is answered by [`faulted`]
+//! or, for a `reset` fault, not answered at all ([`ResetFault`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,11 +80,33 @@ pub struct Stats {
     paths: Mutex<HashMap<String, u64>>,
 }
 
-/// Per-connection state: whether the connection has carried a counted request yet.
+/// Per-connection state: whether the connection has carried a counted request yet, and whether
+/// a `reset` fault hit it (its stream then closes with a TCP RST; see `main::serve`).
 #[derive(Default)]
 pub struct Connection {
     counted: AtomicBool,
+    reset: AtomicBool,
 }
+
+impl Connection {
+    /// Whether a `reset` fault hit this connection, so it is to be closed abortively.
+    pub fn reset_requested(&self) -> bool {
+        self.reset.load(Ordering::Relaxed)
+    }
+}
+
+/// The error [`handle`] fails with when a `reset` fault hits: hyper then closes the connection
+/// without writing anything, which is the point.
+#[derive(Debug)]
+pub struct ResetFault;
+
+impl fmt::Display for ResetFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("connection reset by the fault in force")
+    }
+}
+
+impl std::error::Error for ResetFault {}
 
 /// Counts a request as in flight until it is answered.
 struct InFlight<'a>(&'a AtomicU64);
@@ -173,12 +196,13 @@ fn is_control(path: &str) -> bool {
     path == "/_mock" || path.starts_with(CONTROL_PREFIX)
 }
 
-/// Answers one request. Never fails: bad parameters get a 400.
+/// Answers one request: bad parameters get a 400. Fails only when a `reset` fault hits, so
+/// that hyper drops the connection unanswered.
 pub async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
     conn: Arc<Connection>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, ResetFault> {
     let stats = &state.stats;
     let path = req.uri().path().to_owned();
     stats.count(&path, &conn);
@@ -189,6 +213,14 @@ pub async fn handle(
     if path != "/health" && path != "/stats" {
         if let Some(fault) = state.fault.draw() {
             stats.faulted.fetch_add(1, Ordering::Relaxed);
+            if fault.reset {
+                if fault.delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+                }
+                // Flagged before failing, so the stream sees it when hyper drops it.
+                conn.reset.store(true, Ordering::Relaxed);
+                return Err(ResetFault);
+            }
             return Ok(faulted(fault, req, &stats.name).await);
         }
     }
@@ -402,11 +434,11 @@ mod tests {
 
     #[test]
     fn snapshot_shows_the_fault_in_force() {
-        let fault = Fault::new(503, 0.5, 10).unwrap();
+        let fault = Fault::new(503, 0.5, 10, false).unwrap();
         let state = State::new("t".into(), Some(fault));
         assert_eq!(
             state.snapshot()["fault"],
-            serde_json::json!({"status": 503, "rate": 0.5, "delay_ms": 10})
+            serde_json::json!({"status": 503, "rate": 0.5, "delay_ms": 10, "reset": false})
         );
         state.fault.set(None);
         assert_eq!(state.snapshot()["fault"], serde_json::Value::Null);

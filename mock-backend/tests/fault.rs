@@ -1,7 +1,7 @@
 //! Fault injection, end to end: the real `mock-backend` binary on a loopback port the OS picks,
 //! driven over plain HTTP/1.1 keep-alive connections.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -174,6 +174,36 @@ fn put_fault(client: &mut Client, body: &str) -> Response {
     client.request("PUT", "/_mock/fault", Some(body))
 }
 
+/// How a connection ended that got no answer.
+#[derive(Debug, PartialEq)]
+enum Unanswered {
+    Eof,
+    Reset,
+}
+
+/// Sends `GET path` on `client`'s connection and expects not one byte back: the server must
+/// end the connection, with a FIN (EOF) or an RST (connection reset). A hang fails on the
+/// client's read timeout.
+fn expect_no_answer(client: &mut Client, path: &str) -> Unanswered {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    client.stream.write_all(req.as_bytes()).expect("send");
+    let mut chunk = [0u8; 1024];
+    let ended = match client.stream.read(&mut chunk) {
+        Ok(0) => Unanswered::Eof,
+        Ok(n) => panic!(
+            "{path} was answered: {:?}",
+            String::from_utf8_lossy(&chunk[..n])
+        ),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Unanswered::Reset,
+        Err(e) => panic!("{path}: neither an answer, EOF nor a reset: {e}"),
+    };
+    // Linux reports an RST to a blocked read as ECONNRESET, so the abort itself is checked.
+    if cfg!(target_os = "linux") {
+        assert_eq!(ended, Unanswered::Reset, "{path}: closed without an RST");
+    }
+    ended
+}
+
 #[test]
 fn full_rate_faults_traffic_but_never_health_stats_or_control() {
     let backend = Backend::start(&[]);
@@ -185,7 +215,7 @@ fn full_rate_faults_traffic_but_never_health_stats_or_control() {
     assert_eq!(put.status, 200);
     assert_eq!(
         put.json(),
-        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0})
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0, "reset": false})
     );
 
     for _ in 0..5 {
@@ -209,7 +239,7 @@ fn full_rate_faults_traffic_but_never_health_stats_or_control() {
     assert_eq!(health.header("x-mock-fault"), None);
     assert_eq!(
         c.get("/_mock/fault").json(),
-        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0})
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0, "reset": false})
     );
 
     let stats = c.get("/stats");
@@ -226,7 +256,7 @@ fn full_rate_faults_traffic_but_never_health_stats_or_control() {
     );
     assert_eq!(
         stats["fault"],
-        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0})
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0, "reset": false})
     );
 
     let delete = c.request("DELETE", "/_mock/fault", None);
@@ -250,7 +280,7 @@ fn status_200_with_delay_is_slow_but_healthy() {
     assert_eq!(put.status, 200);
     assert_eq!(
         put.json(),
-        serde_json::json!({"status": 200, "rate": 1.0, "delay_ms": 200})
+        serde_json::json!({"status": 200, "rate": 1.0, "delay_ms": 200, "reset": false})
     );
 
     let started = Instant::now();
@@ -309,7 +339,7 @@ fn zero_rate_and_bodyless_statuses() {
     let put = c.request("PUT", "/_mock/fault", Some(""));
     assert_eq!(
         put.json(),
-        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0})
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0, "reset": false})
     );
     assert_eq!(c.get("/y").status, 500);
     assert_eq!(c.get("/stats").json()["faulted"], 3);
@@ -319,7 +349,7 @@ fn zero_rate_and_bodyless_statuses() {
 fn bad_input_is_refused_and_keeps_the_fault() {
     let backend = Backend::start(&[]);
     let mut c = backend.client();
-    let good = serde_json::json!({"status": 502, "rate": 1.0, "delay_ms": 0});
+    let good = serde_json::json!({"status": 502, "rate": 1.0, "delay_ms": 0, "reset": false});
     assert_eq!(put_fault(&mut c, r#"{"status": 502}"#).json(), good);
     for body in [
         "{",
@@ -332,6 +362,8 @@ fn bad_input_is_refused_and_keeps_the_fault() {
         r#"{"rate": -0.1}"#,
         r#"{"delay_ms": 600001}"#,
         r#"{"delay": 100}"#,
+        r#"{"reset": "true"}"#,
+        r#"{"reset": 1}"#,
     ] {
         let r = put_fault(&mut c, body);
         assert_eq!(r.status, 400, "{body} was accepted");
@@ -355,12 +387,78 @@ fn bad_input_is_refused_and_keeps_the_fault() {
 }
 
 #[test]
+fn reset_fault_drops_connections_unanswered() {
+    let backend = Backend::start(&[]);
+    let mut c = backend.client();
+    // A keep-alive connection opened and used before the fault, as a proxy's pool would hold.
+    let mut pooled = backend.client();
+    assert_eq!(pooled.get("/x").status, 200);
+
+    let put = put_fault(&mut c, r#"{"reset": true}"#);
+    assert_eq!(put.status, 200);
+    let reset = serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0, "reset": true});
+    assert_eq!(put.json(), reset);
+    assert_eq!(c.get("/_mock/fault").json(), reset);
+
+    for _ in 0..3 {
+        expect_no_answer(&mut backend.client(), "/x");
+    }
+    expect_no_answer(&mut pooled, "/y");
+
+    // Health, stats and control stay answered, on the control connection and on a fresh one.
+    let health = c.get("/health");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body, b"ok\n");
+    assert_eq!(backend.client().get("/health").status, 200);
+    let stats = c.get("/stats").json();
+    assert_eq!(stats["faulted"], 4, "resets count as faulted");
+    assert_eq!(stats["requests"], 5, "the answered /x and the four resets");
+    assert_eq!(
+        stats["paths"],
+        serde_json::json!({"/x": 4, "/y": 1, "/health": 2})
+    );
+    assert_eq!(stats["fault"], reset);
+
+    // With a delay the reset comes after it, still unanswered.
+    assert_eq!(
+        put_fault(&mut c, r#"{"reset": true, "delay_ms": 100}"#).status,
+        200
+    );
+    let started = Instant::now();
+    expect_no_answer(&mut backend.client(), "/x");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(100), "reset after {took:?}");
+
+    let delete = c.request("DELETE", "/_mock/fault", None);
+    assert_eq!(delete.status, 200);
+    assert_eq!(delete.json(), serde_json::Value::Null);
+    let r = backend.client().get("/x");
+    assert_eq!(r.status, 200, "DELETE restores normal answers");
+    assert_eq!(r.json()["path"], "/x");
+    assert_eq!(c.get("/stats").json()["faulted"], 5);
+}
+
+#[test]
+fn reset_false_answers_the_status() {
+    let backend = Backend::start(&[]);
+    let mut c = backend.client();
+    let put = put_fault(&mut c, r#"{"status": 503, "reset": false}"#);
+    assert_eq!(
+        put.json(),
+        serde_json::json!({"status": 503, "rate": 1.0, "delay_ms": 0, "reset": false})
+    );
+    let r = c.get("/x");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-mock-fault"), Some("true"));
+}
+
+#[test]
 fn fault_flags_start_a_faulty_backend() {
     let backend = Backend::start(&["--fault-status", "503", "--fault-rate", "1"]);
     let mut c = backend.client();
     assert_eq!(
         c.get("/_mock/fault").json(),
-        serde_json::json!({"status": 503, "rate": 1.0, "delay_ms": 0})
+        serde_json::json!({"status": 503, "rate": 1.0, "delay_ms": 0, "reset": false})
     );
     assert_eq!(c.get("/x").status, 503);
     assert_eq!(c.get("/health").status, 200);
@@ -372,8 +470,18 @@ fn fault_flags_start_a_faulty_backend() {
     let backend = Backend::start(&["--fault-delay-ms", "5"]);
     assert_eq!(
         backend.client().get("/_mock/fault").json(),
-        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 5})
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 5, "reset": false})
     );
+    drop(backend);
+
+    let backend = Backend::start(&["--fault-reset"]);
+    let mut c = backend.client();
+    assert_eq!(
+        c.get("/_mock/fault").json(),
+        serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 0, "reset": true})
+    );
+    expect_no_answer(&mut backend.client(), "/x");
+    assert_eq!(c.get("/health").status, 200);
 }
 
 #[test]

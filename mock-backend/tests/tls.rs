@@ -407,7 +407,7 @@ async fn https_serves_every_route_as_plain_http_does() {
         .await;
     assert_eq!(
         put.json(),
-        serde_json::json!({"status": 503, "rate": 1.0, "delay_ms": 0})
+        serde_json::json!({"status": 503, "rate": 1.0, "delay_ms": 0, "reset": false})
     );
     let faulted = c.get("/x").await;
     assert_eq!(faulted.status, 503);
@@ -429,6 +429,51 @@ async fn https_serves_every_route_as_plain_http_does() {
     assert_eq!(stats["requests"], 5);
     assert_eq!(stats["faulted"], 1);
     assert_eq!(stats["paths"]["/health"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_fault_drops_https_connections_unanswered() {
+    let certs = Certs::new("reset");
+    let backend = Backend::start(&certs);
+    let mut c = backend.connect(certs.ca.client()).await.expect("handshake");
+    let put = c
+        .request("PUT", "/_mock/fault", Some(r#"{"reset": true}"#))
+        .await;
+    assert_eq!(put.json()["reset"], true);
+
+    let mut victim = backend.connect(certs.ca.client()).await.expect("handshake");
+    victim
+        .stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send");
+    victim.stream.flush().await.expect("flush");
+    let mut chunk = [0u8; 1024];
+    let read = tokio::time::timeout(TIMEOUT, victim.stream.read(&mut chunk))
+        .await
+        .expect("the server neither answered nor closed");
+    // No close_notify comes first, so rustls may also report the end as an unexpected EOF.
+    match read {
+        Ok(0) => {}
+        Ok(n) => panic!("answered: {:?}", String::from_utf8_lossy(&chunk[..n])),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ),
+            "neither EOF nor a reset: {e}"
+        ),
+    }
+
+    assert_eq!(
+        c.get("/health").await.status,
+        200,
+        "health is never faulted"
+    );
+    assert_eq!(c.get("/stats").await.json()["faulted"], 1);
+    assert_eq!(c.request("DELETE", "/_mock/fault", None).await.status, 200);
+    let mut fresh = backend.connect(certs.ca.client()).await.expect("handshake");
+    assert_eq!(fresh.get("/x").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
