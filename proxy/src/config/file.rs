@@ -184,6 +184,12 @@ pub struct FileUpstream {
     pub sni: Option<String>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub outlier: FileOutlier,
+    #[serde(default)]
+    pub retry: FileRetry,
+    #[serde(default)]
+    pub limits: FileGroupLimits,
 }
 
 impl Default for FileUpstream {
@@ -201,6 +207,9 @@ impl Default for FileUpstream {
             tls: false,
             sni: None,
             ca_file: None,
+            outlier: FileOutlier::default(),
+            retry: FileRetry::default(),
+            limits: FileGroupLimits::default(),
         }
     }
 }
@@ -241,6 +250,38 @@ pub struct FileGroup {
     pub tls: bool,
     pub sni: Option<String>,
     pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub outlier: FileOutlier,
+    #[serde(default)]
+    pub retry: FileRetry,
+    #[serde(default)]
+    pub limits: FileGroupLimits,
+}
+
+/// `outlier` of a group (passive ejection): each key left out is the default's (for a named
+/// group, `[upstream.outlier]`'s).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection_seconds: Option<u64>,
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// `retry` of a group: which failures are retried, the budget and the backoff.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetry {
+    pub budget_percent: Option<u32>,
+    pub on: Option<Vec<String>>,
+    pub backoff_ms: Option<u64>,
+}
+
+/// `limits` of a group: its circuit limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGroupLimits {
+    pub max_requests: Option<usize>,
 }
 
 /// A group's `health_check`: each key left out is `[upstream.health_check]`'s.

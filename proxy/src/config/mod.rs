@@ -13,6 +13,7 @@ use crate::config::locate::{key_at, line_col, span_of};
 use crate::config::validate::{invalid, validate, Invalid};
 
 pub mod file;
+pub mod resilience;
 pub mod runtime;
 pub mod validate;
 

@@ -95,6 +95,81 @@ pub struct GroupSettings {
     pub health_check: HealthCheckSettings,
     /// `Some`: HTTPS to the backends.
     pub tls: Option<UpstreamTls>,
+    pub outlier: OutlierSettings,
+    pub retry: RetrySettings,
+    /// Concurrent requests to the group at most (`None`: no cap); beyond it 503 at once.
+    pub max_requests: Option<usize>,
+}
+
+/// Passive outlier ejection of a group's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierSettings {
+    /// Failures in a row (5xx answers, connect failures, resets, timeouts) that eject a
+    /// backend; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// Ejected for this times the number of ejections so far, at most [`MAX_EJECTION`].
+    pub base_ejection: Duration,
+    /// Share of the group's backends ejected at most (one always stays).
+    pub max_ejected_percent: u32,
+}
+
+/// The longest ejection, however often a backend was ejected.
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// When a failed attempt is retried, and how much retrying a group may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// Retries in flight at most this share of the group's active requests (at least
+    /// [`MIN_RETRY_CONCURRENCY`]).
+    pub budget_percent: u32,
+    pub on: RetryOn,
+    /// Base of the jittered exponential backoff before a budgeted retry.
+    pub backoff: Duration,
+}
+
+/// Budgeted retries that may always be in flight, whatever the group's load (Envoy's
+/// `min_retry_concurrency`): a quiet group can still retry.
+pub const MIN_RETRY_CONCURRENCY: usize = 3;
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            budget_percent: 20,
+            on: RetryOn::default(),
+            backoff: Duration::from_millis(25),
+        }
+    }
+}
+
+/// The failures `retry.on` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// `connect-failure`: the connection (or its TLS handshake) failed; nothing was sent.
+    pub connect_failure: bool,
+    /// `reset`: the connection broke before any response byte (idempotent requests only).
+    pub reset: bool,
+    /// `gateway-error`: the backend answered 502, 503 or 504 (idempotent requests only).
+    pub gateway_error: bool,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        Self {
+            connect_failure: true,
+            reset: true,
+            gateway_error: false,
+        }
+    }
 }
 
 /// A group's `tls = true`.

@@ -786,3 +786,43 @@ fn upstream_tls_keys_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn resilience_tables_default_inherit_and_name_the_bad_key_with_its_line() {
+    let text = format!(
+        "{MINIMAL}[upstream.outlier]\nconsecutive_failures = 3\n[upstream.retry]\non = [\"gateway-error\"]\n\
+         [upstream.limits]\nmax_requests = 7\n\
+         [upstreams.api]\nbackends = [\"127.0.0.1:9002\"]\n[upstreams.api.outlier]\nbase_ejection_seconds = 9\n\
+         [[routes]]\nname = \"api\"\nupstream = \"api\"\n"
+    );
+    let s = parse_config(&text, "test.toml").unwrap();
+    let d = &s.upstream.default_group;
+    assert_eq!(d.outlier.consecutive_failures, 3);
+    assert_eq!(d.outlier.max_ejected_percent, 50);
+    assert!(d.retry.on.gateway_error && !d.retry.on.reset);
+    assert_eq!(d.max_requests, Some(7));
+    let api = s.groups.iter().find(|g| &*g.name == "api").unwrap();
+    // Outlier and retry keys left out are [upstream]'s; the circuit limit is not inherited.
+    assert_eq!(api.outlier.consecutive_failures, 3);
+    assert_eq!(api.outlier.base_ejection, Duration::from_secs(9));
+    assert!(api.retry.on.gateway_error);
+    assert_eq!(api.max_requests, None);
+
+    let e = err(&format!(
+        "{MINIMAL}[upstreams.api]\nbackends = [\"127.0.0.1:9002\"]\n[upstreams.api.retry]\non = [\"5xx\"]\n"
+    ));
+    assert!(
+        e.starts_with("test.toml:6:")
+            && e.contains("upstreams.api.retry.on: unknown condition \"5xx\""),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[upstream.outlier]\nmax_ejected_percent = 150\n"
+    ));
+    assert!(
+        e.starts_with("test.toml:4:") && e.contains("upstream.outlier.max_ejected_percent"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[upstream.outlier]\nejection = 1\n"));
+    assert!(e.contains("unknown field `ejection`"), "{e}");
+}

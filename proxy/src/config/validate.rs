@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
 use super::file::*;
+use super::resilience::{validate_max_requests, validate_outlier, validate_retry};
 use super::runtime::*;
 use crate::gateway::header_case::Name;
 
@@ -209,6 +210,9 @@ fn validate_upstream(u: &FileUpstream) -> Result<UpstreamSettings, Invalid> {
         max_retries: validate_max_retries(key, u.max_retries)?,
         health_check: validate_health_check(key, &hc.path, hc.interval_ms, hc.timeout_ms)?,
         tls: validate_upstream_tls(key, u.tls, u.sni.clone(), u.ca_file.clone())?,
+        outlier: validate_outlier(key, &u.outlier, &OutlierSettings::default())?,
+        retry: validate_retry(key, &u.retry, &RetrySettings::default())?,
+        max_requests: validate_max_requests(&u.limits, None)?,
     };
     Ok(UpstreamSettings {
         default_group: Arc::new(default_group),
@@ -269,6 +273,9 @@ fn validate_group(
             hc.timeout_ms.unwrap_or(dhc.timeout.as_millis() as u64),
         )?,
         tls: validate_upstream_tls(&key, g.tls, g.sni, g.ca_file)?,
+        outlier: validate_outlier(&key, &g.outlier, &defaults.outlier)?,
+        retry: validate_retry(&key, &g.retry, &defaults.retry)?,
+        max_requests: validate_max_requests(&g.limits, None)?,
         key,
     })
 }

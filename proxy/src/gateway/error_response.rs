@@ -9,10 +9,16 @@ use pingora::proxy::Session;
 use crate::gateway::proxy_headers::add_downstream_headers;
 use crate::gateway::request_ctx::RequestCtx;
 
+/// The message (and error context) of a 503 for a group at its `limits.max_requests`.
+pub const OVERLOADED: &str = "upstream overloaded";
+
 /// Status and short message for a failed proxy attempt, by the error's type and source.
 pub fn classify(e: &Error) -> (u16, &'static str) {
     use pingora::ErrorSource;
     match e.etype() {
+        HTTPStatus(503) if e.context.as_ref().is_some_and(|c| c.as_str() == OVERLOADED) => {
+            (503, OVERLOADED)
+        }
         HTTPStatus(503) => (503, "no healthy backend"),
         HTTPStatus(502) => (502, "no backend could be reached"),
         HTTPStatus(429) => (429, "rate limited"),

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyWarnLogContext, Session};
-use pingora::ErrorSource;
+use pingora::{ErrorSource, RetryType};
 use pingora_limits::inflight::Inflight;
 
 use crate::config::validate::NO_ROUTE;
@@ -31,13 +31,13 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::metrics::RouteMetrics;
 use crate::routing::{host_buffer, host_key};
-use crate::upstream::retry;
+use crate::upstream::retry::{self, RetryReason};
 use crate::upstream::BackendInfo;
 use downstream::ConnectionContext;
-use error_response::{classify, write_error};
+use error_response::{classify, write_error, OVERLOADED};
 use live::LiveState;
 use proxy_headers::X_FORWARDED_FOR;
-use request_ctx::{quota_of, AttemptGuard, InflightGuard, RequestCtx};
+use request_ctx::{group_of, quota_of, AttemptGuard, InflightGuard, RequestCtx};
 
 /// The gateway service: everything shared across requests.
 pub struct Gateway {
@@ -61,25 +61,71 @@ impl Gateway {
         }
     }
 
-    /// Marks `e` retryable when the group's policy and backends allow, and counts the retry.
-    fn decide_retry(&self, e: &mut Error, ctx: &RequestCtx, retryable: bool) {
-        let retry = retryable
-            && ctx
-                .group()
-                .is_some_and(|g| retry::another_attempt(g, ctx.attempts, &ctx.tried));
-        e.set_retry(retry);
-        if retry {
-            if let Some(b) = &ctx.backend {
-                b.metrics.retries.inc();
+    /// Whether the failed attempt is retried: the failure and the request allow it
+    /// (`retryable`), the group's `retry.on` names `reason`, `max_retries` and its backends leave
+    /// another attempt, and, when the failure may have cost the backend work (`budgeted`), the
+    /// group's retry budget has room. A budgeted retry also sets the backoff before the next
+    /// attempt. Counts and logs the decision.
+    fn decide_retry(
+        &self,
+        ctx: &mut RequestCtx,
+        reason: RetryReason,
+        retryable: bool,
+        budgeted: bool,
+        cause: &dyn std::fmt::Display,
+    ) -> bool {
+        let Some(group) = group_of(&ctx.live, ctx.route) else {
+            return false;
+        };
+        if !retryable
+            || !reason.enabled(&group.settings.retry.on)
+            || !retry::another_attempt(group, ctx.attempts, &ctx.tried)
+        {
+            return false;
+        }
+        let retry_settings = &group.settings.retry;
+        if budgeted {
+            if !ctx.retry_slot && !group.core.load.try_retry(retry_settings.budget_percent) {
+                self.metrics
+                    .retry_refused(&group.settings.name, reason.as_str());
+                tracing::debug!(
+                    request_id = ctx.request_id(),
+                    upstream = %group.settings.name,
+                    reason = reason.as_str(),
+                    retrying = group.core.load.retrying(),
+                    active = group.core.load.active(),
+                    "retry budget spent; not retrying"
+                );
+                return false;
             }
-            tracing::warn!(
-                request_id = ctx.request_id(),
-                route = ctx.route_name(),
-                backend = ctx.backend_label(),
-                attempt = ctx.attempts,
-                cause = %e,
-                "upstream attempt failed; retrying on another backend"
-            );
+            let base = retry_settings.backoff;
+            ctx.retry_slot = true;
+            ctx.budgeted_retries += 1;
+            ctx.backoff = Some(retry::backoff(base, ctx.budgeted_retries, fastrand::f64()))
+                .filter(|d| !d.is_zero());
+        }
+        self.metrics.retried(&group.settings.name, reason.as_str());
+        if let Some(b) = &ctx.backend {
+            b.metrics.retries.inc();
+        }
+        tracing::warn!(
+            request_id = ctx.request_id(),
+            route = ctx.route_name(),
+            backend = ctx.backend_label(),
+            attempt = ctx.attempts,
+            reason = reason.as_str(),
+            cause = %cause,
+            "upstream attempt failed; retrying on another backend"
+        );
+        true
+    }
+
+    /// Feeds an attempt's outcome to the group's outlier detection.
+    fn record_outcome(&self, ctx: &RequestCtx, ok: bool) {
+        if let (Some(group), Some(backend)) = (ctx.group(), &ctx.backend) {
+            group
+                .core
+                .record_outcome(&group.settings.outlier, backend, ok);
         }
     }
 
@@ -216,6 +262,13 @@ impl Gateway {
         let Some(group) = group else {
             return Error::e_explain(HTTPStatus(503), "no upstream group");
         };
+        if !ctx.in_group {
+            if !group.core.load.enter(group.settings.max_requests) {
+                self.metrics.overloaded(&group.settings.name);
+                return Error::e_explain(HTTPStatus(503), OVERLOADED);
+            }
+            ctx.in_group = true;
+        }
         let mut ip_buf = [0u8; 16];
         let key = match group.hash_key() {
             None => &[][..],
@@ -355,6 +408,9 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        if let Some(wait) = ctx.backoff.take() {
+            tokio::time::sleep(wait).await;
+        }
         // Read before the phase borrows the session: whether a body follows the header.
         let with_body = !session.is_body_empty();
         let req = session.req_header();
@@ -399,12 +455,32 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(sent) = ctx.upstream_sent {
             ctx.upstream_time = Some(sent.elapsed());
+        }
+        let status = upstream_response.status.as_u16();
+        self.record_outcome(ctx, status < 500);
+        if matches!(status, 502..=504) {
+            // Retried only while nothing of it reached the client, and only what is safe to
+            // send twice; the last attempt's answer goes to the client as it is.
+            let retryable = session.req_header().method.is_idempotent()
+                && !session.as_ref().retry_buffer_truncated();
+            let cause = upstream_response.status;
+            if self.decide_retry(ctx, RetryReason::GatewayError, retryable, true, &cause) {
+                self.count_upstream_error(ctx, "gateway-error");
+                ctx.gateway_error_retry = true;
+                ctx.upstream_time = None;
+                return Err(Error::create(
+                    HTTPStatus(status),
+                    ErrorSource::Upstream,
+                    Some("the backend answered a gateway error".into()),
+                    None,
+                ));
+            }
         }
         Ok(())
     }
@@ -427,8 +503,10 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.count_upstream_error(ctx, "connect");
-        // Nothing reached the backend: any method may go elsewhere.
-        self.decide_retry(&mut e, ctx, true);
+        self.record_outcome(ctx, false);
+        // Nothing reached the backend: any method may go elsewhere, budget-free.
+        let retry = self.decide_retry(ctx, RetryReason::ConnectFailure, true, false, &e);
+        e.set_retry(retry);
         e
     }
 
@@ -438,9 +516,14 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Self::CTX,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.gateway_error_retry) {
+            // upstream_response_filter decided and counted it.
+            e.set_retry(true);
+            return e;
+        }
         // Only the backend's faults are retried (and counted against it): a client that went
         // away mid-body or sent a request Pingora refuses to forward is not the backend's
         // failure, and sending it elsewhere would repeat a partial or refused request.
@@ -448,21 +531,27 @@ impl ProxyHttp for Gateway {
             e.set_retry(false);
             return e;
         }
+        let timeout = matches!(e.etype(), ReadTimedout | WriteTimedout);
         let kind = if session.response_written().is_some() {
             "truncated"
-        } else if matches!(e.etype(), ReadTimedout | WriteTimedout) {
+        } else if timeout {
             "timeout"
         } else {
             "reset"
         };
         self.count_upstream_error(ctx, kind);
+        self.record_outcome(ctx, false);
         // Retry only what is safe to send twice and what the client has not seen any of; a
         // timeout means the backend may still be working on it, so it is not retried.
         let retryable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
-            && !matches!(e.etype(), ReadTimedout | WriteTimedout);
-        self.decide_retry(&mut e, ctx, retryable);
+            && !timeout;
+        // A pooled connection closed before any answer is the keep-alive race, not the
+        // backend's work (Pingora marks those errors "retry if reused").
+        let stale_pooled = client_reused && matches!(e.retry, RetryType::ReusedOnly);
+        let retry = self.decide_retry(ctx, RetryReason::Reset, retryable, !stale_pooled, &e);
+        e.set_retry(retry);
         e
     }
 

@@ -55,6 +55,18 @@ pub struct RequestCtx {
     pub client_inflight: Option<Guard>,
     /// Held for the whole request: decrements `gateway_inflight_requests` when dropped.
     pub inflight: Option<InflightGuard>,
+    /// Counted in its group's requests in flight (`limits.max_requests`, the retry budget);
+    /// given back when the context drops.
+    pub in_group: bool,
+    /// Holds one of its group's retry-budget slots; given back when the context drops.
+    pub retry_slot: bool,
+    /// Budgeted retries made so far (the backoff doubles with each).
+    pub budgeted_retries: u32,
+    /// Wait before the next attempt (jittered exponential backoff).
+    pub backoff: Option<Duration>,
+    /// The backend's 502/503/504 was turned into a retry in `upstream_response_filter`:
+    /// `error_while_proxy` only has to carry it out.
+    pub gateway_error_retry: bool,
 }
 
 impl RequestCtx {
@@ -78,6 +90,11 @@ impl RequestCtx {
             attempt: None,
             client_inflight: None,
             inflight: None,
+            in_group: false,
+            retry_slot: false,
+            budgeted_retries: 0,
+            backoff: None,
+            gateway_error_retry: false,
         }
     }
 
@@ -106,8 +123,33 @@ impl RequestCtx {
 
     /// The group the matched route sends to.
     pub fn group(&self) -> Option<&Group> {
-        self.route().and_then(|r| self.live.groups.get(r.group))
+        group_of(&self.live, self.route)
     }
+}
+
+impl Drop for RequestCtx {
+    /// Gives the group's counters back on every way out of a request, panics included.
+    fn drop(&mut self) {
+        if !self.in_group && !self.retry_slot {
+            return;
+        }
+        if let Some(group) = self.group() {
+            if self.in_group {
+                group.core.load.leave();
+            }
+            if self.retry_slot {
+                group.core.load.retry_done();
+            }
+        }
+    }
+}
+
+/// The group `route` of `live` sends to (a borrow of `live` only, so the request's other
+/// fields stay writable).
+pub fn group_of(live: &Live, route: Option<usize>) -> Option<&Group> {
+    route
+        .and_then(|i| live.router.route(i))
+        .and_then(|r| live.groups.get(r.group))
 }
 
 /// The quota a request on `route` of `live` spends: the route's own, or the global one.

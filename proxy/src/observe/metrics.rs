@@ -55,6 +55,11 @@ pub struct Metrics {
     /// TLS connections closed before a request: the handshake failed or did not finish in time.
     pub tls_handshake_failures: IntCounter,
     upstream_errors: IntCounterVec,
+    backend_ejected: IntGaugeVec,
+    backend_ejections: IntCounterVec,
+    retries_by_reason: IntCounterVec,
+    retries_refused: IntCounterVec,
+    overloaded: IntCounterVec,
     /// The shared rate-limit store: failed checks and check latency.
     pub store_errors: IntCounter,
     pub store_seconds: Histogram,
@@ -73,6 +78,9 @@ pub struct BackendMetrics {
     pub connections_reused: IntCounter,
     pub connections_new: IntCounter,
     pub up: IntGauge,
+    /// 1 while outlier detection keeps it out of rotation.
+    pub ejected: IntGauge,
+    pub ejections: IntCounter,
 }
 
 impl Metrics {
@@ -164,6 +172,41 @@ impl Metrics {
             ),
             &["upstream", "backend", "kind"],
         )?;
+        let backend_ejected = IntGaugeVec::new(
+            Opts::new(
+                "gateway_backend_ejected",
+                "1 while outlier detection keeps the backend out of rotation (consecutive failures), else 0",
+            ),
+            &["upstream", "backend"],
+        )?;
+        let backend_ejections = IntCounterVec::new(
+            Opts::new(
+                "gateway_backend_ejections_total",
+                "Times outlier detection ejected the backend",
+            ),
+            &["upstream", "backend"],
+        )?;
+        let retries_by_reason = IntCounterVec::new(
+            Opts::new(
+                "gateway_retries_total",
+                "Retries made, by group and the failure retried (connect-failure, reset, gateway-error)",
+            ),
+            &["upstream", "reason"],
+        )?;
+        let retries_refused = IntCounterVec::new(
+            Opts::new(
+                "gateway_retries_budget_exhausted_total",
+                "Retryable failures not retried because the group's retry budget was spent",
+            ),
+            &["upstream", "reason"],
+        )?;
+        let overloaded = IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_overloaded_total",
+                "Requests answered 503 at once because the group had limits.max_requests in flight",
+            ),
+            &["upstream"],
+        )?;
         let tls_handshake_failures = IntCounter::new(
             "gateway_tls_handshake_failures_total",
             "TLS connections closed before a request: the handshake failed (no shared version or cipher, bad client hello) or took longer than server.header_timeout_ms",
@@ -209,6 +252,11 @@ impl Metrics {
         registry.register(Box::new(header_timeouts.clone()))?;
         registry.register(Box::new(body_timeouts.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(backend_ejected.clone()))?;
+        registry.register(Box::new(backend_ejections.clone()))?;
+        registry.register(Box::new(retries_by_reason.clone()))?;
+        registry.register(Box::new(retries_refused.clone()))?;
+        registry.register(Box::new(overloaded.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
         registry.register(Box::new(store_seconds.clone()))?;
@@ -236,6 +284,11 @@ impl Metrics {
             header_timeouts,
             body_timeouts,
             upstream_errors,
+            backend_ejected,
+            backend_ejections,
+            retries_by_reason,
+            retries_refused,
+            overloaded,
             tls_handshake_failures,
             store_errors,
             store_seconds,
@@ -256,12 +309,16 @@ impl Metrics {
         let labels = [group, label];
         let up = self.backend_up.with_label_values(&labels);
         up.set(1);
+        let ejected = self.backend_ejected.with_label_values(&labels);
+        ejected.set(0);
         let m = Arc::new(BackendMetrics {
             upstream_response: self.upstream_response.with_label_values(&labels),
             retries: self.retries.with_label_values(&labels),
             connections_reused: self.connections.with_label_values(&[group, label, "true"]),
             connections_new: self.connections.with_label_values(&[group, label, "false"]),
             up,
+            ejected,
+            ejections: self.backend_ejections.with_label_values(&labels),
         });
         known.insert(key, m.clone());
         m
@@ -310,6 +367,26 @@ impl Metrics {
             .lock()
             .remove(&(Arc::from(group), label.to_owned()));
         let _ = self.backend_up.remove_label_values(&[group, label]);
+        let _ = self.backend_ejected.remove_label_values(&[group, label]);
+    }
+
+    /// Counts a retry of `group` (`reason`: the failure retried). Failure path only.
+    pub fn retried(&self, group: &str, reason: &str) {
+        self.retries_by_reason
+            .with_label_values(&[group, reason])
+            .inc();
+    }
+
+    /// Counts a retryable failure the group's retry budget did not let retry.
+    pub fn retry_refused(&self, group: &str, reason: &str) {
+        self.retries_refused
+            .with_label_values(&[group, reason])
+            .inc();
+    }
+
+    /// Counts a request refused by `limits.max_requests`.
+    pub fn overloaded(&self, group: &str) {
+        self.overloaded.with_label_values(&[group]).inc();
     }
 
     pub fn count_reload(&self, success: bool) {

@@ -51,16 +51,30 @@ pub struct AdminApp {
     pub store: Option<Arc<SharedStore>>,
 }
 
+/// A group as `/ready` shows it: healthy and total backend addresses, and the backends
+/// outlier detection has ejected.
+struct GroupHealth {
+    name: Arc<str>,
+    healthy: usize,
+    total: usize,
+    ejected: Vec<Arc<str>>,
+}
+
 impl AdminApp {
-    /// Healthy and total backend addresses per group of the current snapshot.
-    fn group_health(&self) -> Vec<(Arc<str>, usize, usize)> {
+    /// Each group of the current snapshot as `/ready` shows it.
+    fn group_health(&self) -> Vec<GroupHealth> {
         self.live
             .load()
             .groups
             .iter()
             .map(|g| {
                 let (healthy, total) = g.core.health_counts();
-                (g.settings.name.clone(), healthy, total)
+                GroupHealth {
+                    name: g.settings.name.clone(),
+                    healthy,
+                    total,
+                    ejected: g.core.ejected_labels(),
+                }
             })
             .collect()
     }
@@ -102,7 +116,7 @@ impl AdminApp {
             "/health" => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/ready" => {
                 let groups = self.group_health();
-                let healthy: usize = groups.iter().map(|(_, h, _)| h).sum();
+                let healthy: usize = groups.iter().map(|g| g.healthy).sum();
                 let draining = self.draining.load(Ordering::Relaxed);
                 let accepting = draining || self.proxy_accepting().await;
                 let status = if draining || healthy == 0 || !accepting {
@@ -126,8 +140,12 @@ impl AdminApp {
                     },
                     "upstreams": groups
                         .iter()
-                        .map(|(name, healthy, total)| {
-                            (name.to_string(), serde_json::json!({"healthy": healthy, "backends": total}))
+                        .map(|g| {
+                            let ejected: Vec<&str> = g.ejected.iter().map(|l| &**l).collect();
+                            (
+                                g.name.to_string(),
+                                serde_json::json!({"healthy": g.healthy, "backends": g.total, "ejected": ejected}),
+                            )
                         })
                         .collect::<serde_json::Map<_, _>>(),
                 });

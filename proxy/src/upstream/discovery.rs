@@ -18,6 +18,7 @@ use pingora::lb::Backend;
 
 use crate::config::BackendAddr;
 use crate::observe::metrics::{BackendMetrics, Metrics};
+use crate::upstream::outlier::BackendOutlier;
 
 /// How often discovery runs: picks up reloaded backend lists and re-resolves host names.
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,6 +37,8 @@ pub struct BackendInfo {
     pub inflight: AtomicUsize,
     /// The configured host (name or IP): the TLS name of a group without `sni`.
     pub host: Arc<str>,
+    /// Its failure streak and ejection (passive outlier detection).
+    pub outlier: BackendOutlier,
 }
 
 /// The info attached to `backend` by discovery.
@@ -152,6 +155,7 @@ impl ConfiguredBackends {
                     metrics: self.metrics.backend(&self.group, label),
                     inflight: AtomicUsize::new(0),
                     host: Arc::from(configured.host.as_str()),
+                    outlier: BackendOutlier::default(),
                 })
             })
             .clone()
@@ -312,6 +316,19 @@ pub(crate) mod test_support {
             port: 9000,
             weight: 1,
         }
+    }
+
+    /// A backend's info outside any group's discovery (own metrics registry).
+    pub fn backend_info(label: &str) -> Arc<BackendInfo> {
+        let metrics = Metrics::new().unwrap();
+        Arc::new(BackendInfo {
+            label: Arc::from(label),
+            header_value: HeaderValue::from_static("test"),
+            metrics: metrics.backend(GROUP, label),
+            inflight: AtomicUsize::new(0),
+            host: Arc::from(label),
+            outlier: BackendOutlier::default(),
+        })
     }
 
     pub fn setup(answers: Vec<Option<Vec<SocketAddr>>>) -> (Arc<ConfiguredBackends>, Arc<Metrics>) {

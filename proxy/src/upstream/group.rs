@@ -16,12 +16,16 @@ use tokio::sync::watch;
 use pingora::protocols::tls::CaType;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 
-use crate::config::{Balance, GroupSettings, HashKey, HealthCheckSettings, UpstreamTls};
+use crate::config::{
+    Balance, GroupSettings, HashKey, HealthCheckSettings, OutlierSettings, UpstreamTls,
+};
 use crate::observe::metrics::Metrics;
 use crate::upstream::consistent_hash::ConsistentHash;
 use crate::upstream::discovery::{ConfiguredBackends, Resolve};
 use crate::upstream::health::{build_balancer, TlsPeer};
 use crate::upstream::least_requests::LeastRequests;
+use crate::upstream::load::GroupLoad;
+use crate::upstream::outlier::{Ejections, Verdict};
 use crate::upstream::round_robin::{Pick, SmoothRoundRobin};
 use crate::upstream::service::UpstreamService;
 use crate::upstream::BackendInfo;
@@ -38,6 +42,10 @@ pub struct GroupCore {
     /// The peers' TLS settings, the roots parsed once.
     pub tls_peer: Option<TlsPeer>,
     pub service: UpstreamService,
+    /// Backends outlier detection took out, and its clock.
+    pub ejections: Ejections,
+    /// Requests in flight and in a budgeted retry.
+    pub load: GroupLoad,
     retired: watch::Sender<bool>,
 }
 
@@ -67,6 +75,8 @@ impl GroupCore {
             health: settings.health_check.clone(),
             tls: settings.tls.clone(),
             tls_peer,
+            ejections: Ejections::default(),
+            load: GroupLoad::default(),
             retired: watch::channel(false).0,
         })
     }
@@ -89,6 +99,72 @@ impl GroupCore {
     /// Resolves once [`retire`](Self::retire) was called.
     pub fn retired(&self) -> watch::Receiver<bool> {
         self.retired.subscribe()
+    }
+
+    /// Records one attempt's outcome at `backend` for outlier detection. An ejection is logged,
+    /// shown in `gateway_backend_ejected`, and undone by a timer task when its time is up.
+    pub fn record_outcome(
+        self: &Arc<Self>,
+        settings: &OutlierSettings,
+        backend: &Arc<BackendInfo>,
+        ok: bool,
+    ) {
+        if settings.consecutive_failures == 0 {
+            return;
+        }
+        let members = if ok { 0 } else { self.backends.list().len() };
+        match self.ejections.record(settings, backend, ok, members) {
+            Verdict::Kept => {}
+            Verdict::CapReached => tracing::debug!(
+                upstream = %self.name,
+                backend = %backend.label,
+                failures = backend.outlier.consecutive(),
+                ejected = self.ejections.count(),
+                "backend keeps failing but stays: outlier.max_ejected_percent reached"
+            ),
+            Verdict::Ejected(time) => {
+                backend.metrics.ejected.set(1);
+                backend.metrics.ejections.inc();
+                tracing::warn!(
+                    upstream = %self.name,
+                    backend = %backend.label,
+                    failures = backend.outlier.consecutive(),
+                    seconds = time.as_secs(),
+                    "backend ejected: consecutive failures"
+                );
+                let (core, backend) = (self.clone(), backend.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(time).await;
+                    if core.ejections.readmit(&backend) {
+                        backend.metrics.ejected.set(0);
+                        tracing::info!(
+                            upstream = %core.name,
+                            backend = %backend.label,
+                            "backend back from ejection (one more failure ejects it again)"
+                        );
+                    }
+                });
+            }
+        }
+    }
+
+    /// Labels of the backends ejected now.
+    pub fn ejected_labels(&self) -> Vec<Arc<str>> {
+        if !self.ejections.any() {
+            return Vec::new();
+        }
+        let mut labels: Vec<Arc<str>> = self
+            .lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(crate::upstream::info)
+            .filter(|i| i.outlier.is_ejected())
+            .map(|i| i.label.clone())
+            .collect();
+        labels.sort();
+        labels.dedup();
+        labels
     }
 
     /// Backends (addresses) that are enabled and pass their health check, and all of them.
@@ -164,32 +240,48 @@ impl Group {
         }
     }
 
-    /// A healthy backend not in `tried`, by the group's policy (healthy: not in the group's
-    /// published down set, which mirrors Pingora's health without hashing per check); `key` is the hash key's bytes
-    /// (only read by `hash` groups).
+    /// A healthy backend not in `tried`, by the group's policy; `key` is the hash key's bytes
+    /// (only read by `hash` groups). Healthy: not in the group's published down set (which
+    /// mirrors Pingora's health without hashing per check) and not ejected. When only ejected
+    /// backends are left, one of them is picked: an ejected backend beats no backend.
     pub fn pick(&self, tried: &[SocketAddr], key: &[u8]) -> Option<Pick> {
         let members = self.core.lb.backends().get_backend();
         let down = self.core.backends.down_now();
-        let ready = |b: &pingora::lb::Backend| {
+        let up = |b: &pingora::lb::Backend| {
             down.is_empty() || b.addr.as_inet().is_some_and(|a| !down.contains(a))
         };
+        if !self.core.ejections.any() {
+            return self.pick_among(&members, up, tried, key);
+        }
+        self.pick_among(&members, |b| up(b) && !is_ejected(b), tried, key)
+            .or_else(|| self.pick_among(&members, up, tried, key))
+    }
+
+    fn pick_among(
+        &self,
+        members: &Arc<std::collections::BTreeSet<pingora::lb::Backend>>,
+        ready: impl Fn(&pingora::lb::Backend) -> bool,
+        tried: &[SocketAddr],
+        key: &[u8],
+    ) -> Option<Pick> {
         match &*self.selector {
-            Selector::RoundRobin(rr) => rr.pick(&members, ready, tried),
-            Selector::LeastRequests(lr) => lr.pick(&members, ready, tried),
-            Selector::Hash(ring, _) => ring.pick(&members, ready, tried, key),
+            Selector::RoundRobin(rr) => rr.pick(members, ready, tried),
+            Selector::LeastRequests(lr) => lr.pick(members, ready, tried),
+            Selector::Hash(ring, _) => ring.pick(members, ready, tried, key),
         }
     }
 
-    /// Whether another attempt could go to a healthy backend `tried` does not hold.
+    /// Whether another attempt could go to a healthy, not ejected backend `tried` does not
+    /// hold.
     pub fn untried_left(&self, tried: &[SocketAddr]) -> bool {
         let down = self.core.backends.down_now();
-        self.core
-            .lb
-            .backends()
-            .get_backend()
-            .iter()
-            .filter_map(|b| b.addr.as_inet())
-            .any(|a| !down.contains(a) && !tried.contains(a))
+        let ejections = self.core.ejections.any();
+        self.core.lb.backends().get_backend().iter().any(|b| {
+            b.addr
+                .as_inet()
+                .is_some_and(|a| !down.contains(a) && !tried.contains(a))
+                && !(ejections && is_ejected(b))
+        })
     }
 
     /// The peer for one attempt at `addr`, with the group's timeouts. Writes are timed only
@@ -223,6 +315,10 @@ impl Group {
         peer.options.idle_timeout = Some(s.idle_timeout);
         peer
     }
+}
+
+fn is_ejected(b: &pingora::lb::Backend) -> bool {
+    crate::upstream::info(b).is_some_and(|i| i.outlier.is_ejected())
 }
 
 /// The peers' TLS settings of a group: its name and its roots, parsed once.

@@ -98,6 +98,7 @@ mod tests {
                 .unwrap()
                 .backend("g", addr),
             inflight: AtomicUsize::new(inflight),
+            outlier: Default::default(),
             host: Arc::from("10.0.0.1"),
         }));
         b

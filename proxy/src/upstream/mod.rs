@@ -6,6 +6,8 @@ pub mod discovery;
 pub mod group;
 pub mod health;
 pub mod least_requests;
+pub mod load;
+pub mod outlier;
 pub mod retry;
 pub mod round_robin;
 pub mod service;
