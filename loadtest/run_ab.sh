@@ -57,12 +57,35 @@
 #                 compose start proxy2`), and requests alternating between them count down one
 #                 shared budget again.
 #              With --compose, whatever it stopped is started again (also when it fails).
-#   all        the six, back to back (each in its own process); non-zero if any failed.
+#   outlier    passive outlier detection (a group's `outlier` settings): a steady load over the
+#              three backends of the group "default" (OUTLIER_CONCURRENCY clients, each a bounded
+#              keep-alive loop of GET /, not ab: the load must last through phases of unknown
+#              length and stop cleanly), then backend2 made faulty with `PUT /_mock/fault
+#              {"status": 500}` after OUTLIER_WARMUP answers (its /health stays fine: only passive
+#              detection can see it). With F = consecutive_failures, E = base_ejection_seconds
+#              and c = OUTLIER_CONCURRENCY: the proxy ejects it (gateway_backend_ejected 1,
+#              gateway_backend_ejections_total +1, /ready upstreams.default.ejected lists it,
+#              "backend ejected: consecutive failures" logged) while gateway_backend_up stays 1;
+#              its 5xx are F..F+c (F in a row, the rest in flight when it was ejected), every 5xx
+#              is its own and the client-visible errors (the 5xx the client got, equal to the
+#              proxy's count; no request failed without an answer) are at most F + c; its
+#              /stats "faulted" equals them. The fault is cleared (DELETE /_mock/fault) as soon
+#              as it is seen ejected; a scrape complete less than E after the fault was set
+#              still shows it ejected, with at most c - 1 answers of it since the ejection; it
+#              comes back by itself no sooner than E after the fault (gateway_backend_ejected 0,
+#              /ready lists none, "backend back from ejection" logged) and answers
+#              OUTLIER_RETURN_ANSWERS 2xx, no 5xx, before the load stops. Every wait polls
+#              /metrics and is bounded. The table is split where the fault was set, where it was
+#              seen ejected, inside the ejection, where it was seen back, and at the end; a line
+#              gives backend2's 2xx/5xx per phase. Locally F = OUTLIER_FAILURES and E =
+#              OUTLIER_EJECTION_SECONDS ([upstream.outlier] of the generated config); with
+#              --compose both are read from config/docker.toml's [upstream.outlier].
+#   all        the seven, back to back (each in its own process); non-zero if any failed.
 #
 # Each scenario prints a table (sent, 2xx, 429, 5xx, other, failed, rps, per-backend split; the
 # counts come from the deltas of gateway_requests_total on the admin /metrics, in routes those of
-# one route per row; failed and rps from ab) and one line per check, then
-# "RESULT <scenario>: PASS|FAIL".
+# one route per row; failed and rps from ab, in outlier from its own load) and one line per
+# check, then "RESULT <scenario>: PASS|FAIL".
 # Exit status: 0 expectations met, 1 an expectation missed, 2 usage or setup error.
 #
 # Local mode (default): every scenario starts its own three mock backends and its own proxy
@@ -91,6 +114,18 @@
 # 100 (15 static, 30 default, the /static/app.js probe); its /api/ requests spend the route's
 # quota (per key, and 3 of the host IP's 20 per 10 s) instead. cluster restarts both replicas
 # (fresh limiters of their own for phase 3) and clears the count before phases 1, 2 and 4.
+# outlier paces its load (2 clients, 400 ms between requests each: about 5 per second while
+# backend2 is out for config/docker.toml's base_ejection_seconds, 10) and clears the count again
+# (FLUSHALL) whenever 70 requests were counted since the last time. The backends' ports are not
+# published, so backend2's fault is set and cleared, and its /stats read, inside its container:
+# `docker compose exec -T backend2 curl ... http://127.0.0.1:9000/_mock/fault` (curl is in the
+# image for the health checks); the fault is cleared on exit too. It starts backend2 when it is
+# stopped, and waits for it to come back when an earlier run left it ejected. The running proxy
+# must have loaded config/docker.toml's [upstream.outlier] (after editing it: `docker compose
+# restart proxy`, or `docker compose kill -s HUP proxy`). Ejection state is the proxy's own: a
+# rerun started less than E after the last run's return (before backend2 served well for as
+# long as it was out) sees it ejected for longer (base x times ejected), which the bounded
+# waits allow (2 x E + 15 s).
 #
 # Settings (environment, defaults in brackets):
 #   PROFILE [debug]            debug or release: where the binaries are looked for and built
@@ -126,11 +161,21 @@
 #                              (above the default 20 ms: a check that times out on a loaded
 #                              machine is decided by on_error, and the counts would not be exact)
 #   REDIS_BIN [redis-server]   cluster, local: the Redis server started
+#   OUTLIER_FAILURES [5]  OUTLIER_EJECTION_SECONDS [5]  outlier, local: [upstream.outlier]
+#                              consecutive_failures and base_ejection_seconds of the proxy
+#                              (with --compose they are read from config/docker.toml)
+#   OUTLIER_CONCURRENCY [4; 2]  outlier: clients of the load (c)
+#   OUTLIER_PAUSE_MS [0; 400]  outlier: pause of each client after each answer
+#   OUTLIER_WARMUP [150; 9]    outlier: requests answered before backend2 is made faulty
+#   OUTLIER_RETURN_ANSWERS [30; 3]  outlier: 2xx from backend2 after its return before the load stops
+#   OUTLIER_MAX_REQUESTS [2000000; 1000]  outlier: bound of the load (with AB_TIMEOUT_SECONDS)
+#   OUTLIER_SERVICE [backend2]  outlier, --compose: the compose service made faulty
 #
 # Examples:
 #   loadtest/run_ab.sh ratelimit
 #   loadtest/run_ab.sh routes
 #   loadtest/run_ab.sh cluster
+#   loadtest/run_ab.sh outlier
 #   loadtest/run_ab.sh all
 #   PROFILE=release loadtest/run_ab.sh failover
 #   loadtest/run_ab.sh all --compose
@@ -143,13 +188,13 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
 
-SCENARIOS=(balance ratelimit failover graceful routes cluster)
+SCENARIOS=(balance ratelimit failover graceful routes cluster outlier)
 
 usage() {
     cat <<EOF
 usage: loadtest/run_ab.sh SCENARIO [--compose]
 
-SCENARIO: balance | ratelimit | failover | graceful | routes | cluster | all
+SCENARIO: balance | ratelimit | failover | graceful | routes | cluster | outlier | all
 --compose: drive the docker-compose stack instead of starting local processes
 
 Settings are environment variables; see the comment at the top of $LOADTEST_DIR/run_ab.sh.
@@ -165,7 +210,7 @@ for arg in "$@"; do
         usage
         exit 0
         ;;
-    balance | ratelimit | failover | graceful | routes | cluster | all)
+    balance | ratelimit | failover | graceful | routes | cluster | outlier | all)
         [[ -z $SCENARIO ]] || {
             usage >&2
             exit 2
@@ -215,6 +260,9 @@ CLUSTER_KILL_AFTER=${CLUSTER_KILL_AFTER:-60}
 CLUSTER_DOWN_REQUESTS=${CLUSTER_DOWN_REQUESTS:-120}
 CLUSTER_STORE_TIMEOUT_MS=${CLUSTER_STORE_TIMEOUT_MS:-100}
 REDIS_BIN=${REDIS_BIN:-redis-server}
+OUTLIER_FAILURES=${OUTLIER_FAILURES:-5}
+OUTLIER_EJECTION_SECONDS=${OUTLIER_EJECTION_SECONDS:-5}
+OUTLIER_SERVICE=${OUTLIER_SERVICE:-backend2}
 if ((COMPOSE)); then
     READY_TIMEOUT_SECONDS=${READY_TIMEOUT_SECONDS:-120}
     BALANCE_REQUESTS=${BALANCE_REQUESTS:-90}
@@ -223,6 +271,11 @@ if ((COMPOSE)); then
     FAILOVER_PATH=${FAILOVER_PATH:-/delay/200}
     ROUTES_STATIC_REQUESTS=${ROUTES_STATIC_REQUESTS:-15}
     ROUTES_DEFAULT_REQUESTS=${ROUTES_DEFAULT_REQUESTS:-30}
+    OUTLIER_CONCURRENCY=${OUTLIER_CONCURRENCY:-2}
+    OUTLIER_PAUSE_MS=${OUTLIER_PAUSE_MS:-400}
+    OUTLIER_WARMUP=${OUTLIER_WARMUP:-9}
+    OUTLIER_RETURN_ANSWERS=${OUTLIER_RETURN_ANSWERS:-3}
+    OUTLIER_MAX_REQUESTS=${OUTLIER_MAX_REQUESTS:-1000}
 else
     READY_TIMEOUT_SECONDS=${READY_TIMEOUT_SECONDS:-30}
     BALANCE_REQUESTS=${BALANCE_REQUESTS:-300}
@@ -231,6 +284,11 @@ else
     FAILOVER_PATH=${FAILOVER_PATH:-/}
     ROUTES_STATIC_REQUESTS=${ROUTES_STATIC_REQUESTS:-30}
     ROUTES_DEFAULT_REQUESTS=${ROUTES_DEFAULT_REQUESTS:-60}
+    OUTLIER_CONCURRENCY=${OUTLIER_CONCURRENCY:-4}
+    OUTLIER_PAUSE_MS=${OUTLIER_PAUSE_MS:-0}
+    OUTLIER_WARMUP=${OUTLIER_WARMUP:-150}
+    OUTLIER_RETURN_ANSWERS=${OUTLIER_RETURN_ANSWERS:-30}
+    OUTLIER_MAX_REQUESTS=${OUTLIER_MAX_REQUESTS:-2000000}
 fi
 FAILOVER_KILL_AFTER=${FAILOVER_KILL_AFTER:-$((FAILOVER_REQUESTS / 3))}
 GRACEFUL_GRACE_SECONDS=${GRACEFUL_GRACE_SECONDS:-1}
@@ -251,7 +309,9 @@ for v in AB_TIMEOUT_SECONDS DRAIN_SLACK_MS BALANCE_REQUESTS BALANCE_CONCURRENCY 
     FAILOVER_REQUESTS FAILOVER_CONCURRENCY FAILOVER_KILL_AFTER GRACEFUL_DELAY_MS \
     GRACEFUL_GRACE_SECONDS GRACEFUL_TIMEOUT_SECONDS READY_TIMEOUT_SECONDS COMPOSE_BACKEND_PORT \
     ROUTES_API_REQUESTS ROUTES_STATIC_REQUESTS ROUTES_DEFAULT_REQUESTS ROUTES_QUOTA_CONCURRENCY \
-    CLUSTER_KILL_AFTER CLUSTER_DOWN_REQUESTS CLUSTER_STORE_TIMEOUT_MS; do
+    CLUSTER_KILL_AFTER CLUSTER_DOWN_REQUESTS CLUSTER_STORE_TIMEOUT_MS OUTLIER_FAILURES \
+    OUTLIER_EJECTION_SECONDS OUTLIER_CONCURRENCY OUTLIER_PAUSE_MS OUTLIER_WARMUP OUTLIER_RETURN_ANSWERS \
+    OUTLIER_MAX_REQUESTS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 for c in $RATELIMIT_CONCURRENCY; do
@@ -272,6 +332,14 @@ done
     die "CLUSTER_KILL_AFTER must be 2..$((RATE_LIMIT - 1)) (both replicas used, and killed before the limit), not $CLUSTER_KILL_AFTER"
 ((CLUSTER_DOWN_REQUESTS > 0 && CLUSTER_STORE_TIMEOUT_MS > 0)) ||
     die "CLUSTER_DOWN_REQUESTS and CLUSTER_STORE_TIMEOUT_MS must be at least 1"
+# The local proxy's [upstream.outlier] (config validation's ranges; 0 failures would turn
+# ejection off, and the scenario needs the fault cleared while backend2 is still out).
+((OUTLIER_FAILURES >= 1 && OUTLIER_FAILURES <= 1000)) ||
+    die "OUTLIER_FAILURES must be 1..1000 (consecutive_failures; 0 turns ejection off), not $OUTLIER_FAILURES"
+((OUTLIER_EJECTION_SECONDS >= 1 && OUTLIER_EJECTION_SECONDS <= 300)) ||
+    die "OUTLIER_EJECTION_SECONDS must be 1..300 (base_ejection_seconds), not $OUTLIER_EJECTION_SECONDS"
+((OUTLIER_CONCURRENCY > 0 && OUTLIER_WARMUP > 0 && OUTLIER_RETURN_ANSWERS > 0 && OUTLIER_MAX_REQUESTS > 0)) ||
+    die "OUTLIER_CONCURRENCY, OUTLIER_WARMUP, OUTLIER_RETURN_ANSWERS and OUTLIER_MAX_REQUESTS must be at least 1"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
@@ -365,7 +433,9 @@ toml_list() {
 #   "routes" (the default limit, and the demo's groups and routes of config/proxy.toml: "api" =
 #   backend1 + backend2, least requests, for /api/ with a quota of ROUTE_QUOTA per
 #   ROUTE_QUOTA_WINDOW s per X-Api-Key; "static" = backend3 for /static/, prefix stripped;
-#   everything else to "default", all three).
+#   everything else to "default", all three) or "outlier" (as "exempt", with [upstream.outlier]:
+#   OUTLIER_FAILURES failures in a row eject a backend for OUTLIER_EJECTION_SECONDS, and
+#   [upstream.retry] left at its default conditions, which do not retry a 500).
 write_config() {
     local file=$1 limiter=$2 grace=$3 timeout=$4 list
     list=$(toml_list "${BACKEND_LABELS[@]}")
@@ -380,6 +450,15 @@ write_config() {
         printf '# Far above what a probe needs: a slow probe on a loaded machine must not take a live\n'
         printf '# backend out of rotation (and spoil an exact split). A killed one is refused at once.\n'
         printf 'timeout_ms = 2000\n\n'
+        if [[ $limiter == outlier ]]; then
+            printf '[upstream.outlier]\n'
+            printf '# Short, so that the scenario sees the backend come back within seconds.\n'
+            printf 'consecutive_failures = %s\nbase_ejection_seconds = %s\nmax_ejected_percent = 50\n\n' \
+                "$OUTLIER_FAILURES" "$OUTLIER_EJECTION_SECONDS"
+            printf '[upstream.retry]\n'
+            printf '# The defaults: a 500 answer is never retried, so each one reaches the client.\n'
+            printf 'on = ["connect-failure", "reset"]\n\n'
+        fi
         if [[ $limiter == routes ]]; then
             printf '[upstreams.api]\nbackends = [%s]\nbalance = "least_requests"\n\n' \
                 "$(toml_list "${BACKEND_LABELS[0]}" "${BACKEND_LABELS[1]}")"
@@ -392,7 +471,7 @@ write_config() {
             printf '[[routes]]\nname = "default"\nupstream = "default"\n\n'
         fi
         printf '[rate_limit]\n'
-        if [[ $limiter == exempt ]]; then
+        if [[ $limiter == exempt || $limiter == outlier ]]; then
             printf '# The load generator is on loopback: never limited, so volume is not throttled.\n'
             printf 'exempt = ["127.0.0.0/8", "::1/128"]\n\n'
         elif [[ $limiter == redis ]]; then
@@ -1547,6 +1626,457 @@ scenario_cluster() {
     expect_eq "alternating r1, r2, r1, r2: status and RateLimit-Remaining" \
         "$(awk '{ printf "%s%s/%s", sep, $2, $4; sep = " " } END { print "" }' "$w/c5")" \
         "200/$((limit - 1)) 200/$((limit - 2)) 200/$((limit - 3)) 200/$((limit - 4))"
+}
+
+# ---- outlier --------------------------------------------------------------------------------
+
+# write_outlier_load FILE: the load generator of outlier, a Python script, run (with spawn) as
+#   python3 FILE OUT URL CONCURRENCY STOP_FILE MAX_REQUESTS MAX_SECONDS PAUSE_MS
+# A steady load of GET URL from CONCURRENCY clients, each on a keep-alive connection of its own
+# (a new one when the proxy closes it; a request that finds its reused connection closed before
+# any answer is sent again once, on a new one, as any HTTP client does), pausing PAUSE_MS after
+# each request. Runs until STOP_FILE exists (or its directory is gone), MAX_REQUESTS were sent
+# or MAX_SECONDS passed; each client ends with the answer it waits for. Writes one line to OUT:
+# "SENT FAILED RPS STATUS:COUNT..." (FAILED: no HTTP answer, counted as status 000).
+write_outlier_load() {
+    cat >"$1" <<'PY'
+import http.client, os, sys, threading, time
+from urllib.parse import urlsplit
+out, url, clients, stop = sys.argv[1], urlsplit(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+max_requests, max_seconds, pause = int(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7]) / 1000.0
+path = url.path or "/"
+stop_dir = os.path.dirname(stop) or "."
+lock = threading.Lock()
+counts = {}
+sent = 0
+start = time.monotonic()
+
+def take():
+    global sent
+    with lock:
+        if sent >= max_requests:
+            return False
+        sent += 1
+        return True
+
+def once(conn):
+    conn.request("GET", path)
+    r = conn.getresponse()
+    r.read()
+    return r
+
+def client():
+    conn = None
+    while (not os.path.exists(stop) and os.path.isdir(stop_dir)
+           and time.monotonic() - start < max_seconds and take()):
+        status = "000"
+        for attempt in (1, 2):
+            reused = conn is not None
+            if conn is None:
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+            try:
+                r = once(conn)
+                status = str(r.status)
+                if r.will_close:
+                    conn.close()
+                    conn = None
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                conn = None
+                if reused and attempt == 1:
+                    continue
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = None
+                break
+        with lock:
+            counts[status] = counts.get(status, 0) + 1
+        if pause:
+            time.sleep(pause)
+    if conn is not None:
+        conn.close()
+
+threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+elapsed = max(time.monotonic() - start, 1e-6)
+with open(out, "w", encoding="utf-8") as f:
+    f.write("%d %d %.2f %s\n" % (sent, counts.get("000", 0), sent / elapsed,
+                                 " ".join("%s:%d" % kv for kv in sorted(counts.items()))))
+PY
+}
+
+# metric_sample FILE NAME LABEL=VALUE...: the value of the first NAME sample in a scrape that
+# carries every label given (empty when there is none).
+metric_sample() {
+    local file=$1 name=$2
+    shift 2
+    awk -v name="$name" -v want="$*" 'BEGIN { n = split(want, w, " ") }
+        index($0, name "{") == 1 {
+            for (i = 1; i <= n; i++) {
+                eq = index(w[i], "=")
+                if (!index($0, substr(w[i], 1, eq - 1) "=\"" substr(w[i], eq + 1) "\"")) next
+            }
+            print $NF; exit
+        }' "$file"
+}
+
+# answered_by FILE LABEL CLASS: gateway_requests_total of backend LABEL with a status starting
+# with CLASS ("2", "5", or "" for all), summed over route and method.
+answered_by() {
+    awk -v b="backend=\"$2\"" -v s="status=\"$3" 'index($0, "gateway_requests_total{") == 1 &&
+        index($0, b) && index($0, s) { t += $NF } END { printf "%d\n", t }' "$1"
+}
+
+# answered_delta BEFORE AFTER LABEL CLASS: answered_by AFTER minus answered_by BEFORE.
+answered_delta() {
+    echo $(($(answered_by "$2" "$3" "$4") - $(answered_by "$1" "$3" "$4")))
+}
+
+# ready_ejected: upstreams.default.ejected on /ready, comma-separated ("?" when unreadable).
+ready_ejected() {
+    curl -s --max-time 2 "$ADMIN_URL/ready" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    print(",".join(json.load(sys.stdin)["upstreams"]["default"]["ejected"]))
+except (ValueError, KeyError, TypeError):
+    print("?")'
+}
+
+# victim_mock METHOD PATH [JSON]: a request to the victim backend's own port (/_mock/fault,
+# /stats), not through the proxy; its body on stdout. Locally its address; with --compose
+# inside its container (`docker compose exec`), since the backends' ports are not published
+# (curl is in the image for the health checks).
+victim_mock() {
+    local args=(-fsS --max-time 5 -X "$1")
+    [[ -n ${3:-} ]] && args+=(-H "Content-Type: application/json" --data "$3")
+    if ((COMPOSE)); then
+        compose exec -T "$OUTLIER_SERVICE" curl "${args[@]}" "http://127.0.0.1:$COMPOSE_BACKEND_PORT$2" 2>/dev/null
+    else
+        curl "${args[@]}" "http://$OUTLIER_VICTIM_LABEL$2" 2>/dev/null
+    fi
+}
+
+# victim_faulted: "faulted" of the victim's /stats (requests it answered with the fault).
+victim_faulted() {
+    victim_mock GET /stats | python3 -c '
+import json, sys
+try:
+    print(int(json.load(sys.stdin)["faulted"]))
+except (ValueError, KeyError, TypeError):
+    print("?")'
+}
+
+FAULT_SET=0
+# outlier_clear_fault: the victim's fault cleared if this run set it (also the EXIT trap's hook:
+# a compose backend outlives the run).
+outlier_clear_fault() {
+    ((FAULT_SET)) || return 0
+    victim_mock DELETE /_mock/fault >/dev/null && FAULT_SET=0
+}
+
+# outlier_scrape FILE: /metrics into FILE (1 when unreadable). With --compose it also keeps the
+# host's budget fresh: FLUSHALL whenever OUTLIER_FLUSH_AT requests were counted since the last.
+OUTLIER_FLUSH_AT=70
+OUTLIER_FLUSH_BASE=0
+OUTLIER_FLUSHES=0
+outlier_scrape() {
+    local now answer
+    curl -fsS --max-time 2 "$ADMIN_URL/metrics" >"$1.tmp" 2>/dev/null || return 1
+    mv -f -- "$1.tmp" "$1"
+    ((COMPOSE)) || return 0
+    now=$(requests_total "$1")
+    if ((now - OUTLIER_FLUSH_BASE >= OUTLIER_FLUSH_AT)); then
+        answer=$(compose_redis_cli FLUSHALL)
+        [[ $answer == OK ]] || die "FLUSHALL in $COMPOSE_REDIS failed: ${answer:-no answer}"
+        OUTLIER_FLUSH_BASE=$now
+        OUTLIER_FLUSHES=$((OUTLIER_FLUSHES + 1))
+    fi
+}
+
+# Conditions for poll. Each scrapes into FILE (the scrape that met it stays there) and is also
+# met when the load has ended (LOAD_ENDED=1), so that no wait outlasts the load.
+# outlier_answered FILE BASE N: N requests counted since BASE (gateway_requests_total).
+outlier_answered() {
+    alive "$OUTLIER_LOAD_PID" || LOAD_ENDED=1
+    outlier_scrape "$1" || return 1
+    ((LOAD_ENDED || $(requests_total "$1") - $2 >= $3))
+}
+
+# outlier_ejected_is FILE VALUE: gateway_backend_ejected{upstream="default",backend=victim} is VALUE.
+outlier_ejected_is() {
+    alive "$OUTLIER_LOAD_PID" || LOAD_ENDED=1
+    outlier_scrape "$1" || return 1
+    ((LOAD_ENDED)) && return 0
+    [[ $(metric_sample "$1" gateway_backend_ejected upstream=default "backend=$OUTLIER_VICTIM_LABEL") == "$2" ]]
+}
+
+# outlier_time_is FILE MS: the clock has reached MS (now_ms); the scrape taken then stays in FILE
+# and OUT_SCRAPED_MS says when it was complete. (Before MS it scrapes too, into FILE.wait: with
+# --compose that keeps the budget fresh.)
+OUT_SCRAPED_MS=
+outlier_time_is() {
+    if (($(now_ms) < $2)); then
+        outlier_scrape "$1.wait" || true
+        return 1
+    fi
+    outlier_scrape "$1" || return 1
+    OUT_SCRAPED_MS=$(now_ms)
+}
+
+# victim_not_ejected: /ready lists no ejected backend in the group "default".
+victim_not_ejected() { [[ $(ready_ejected) == "" ]]; }
+
+# outlier_victim_2xx FILE BASE_FILE N: the victim answered N 2xx since the scrape in BASE_FILE.
+outlier_victim_2xx() {
+    alive "$OUTLIER_LOAD_PID" || LOAD_ENDED=1
+    outlier_scrape "$1" || return 1
+    ((LOAD_ENDED || $(answered_delta "$2" "$1" "$OUTLIER_VICTIM_LABEL" 2) >= $3))
+}
+
+# proxy_log_since MS: the proxy's log lines since MS (locally its log file; with --compose the
+# container's output since then).
+proxy_log_since() {
+    if ((COMPOSE)); then
+        local cid
+        cid=$(compose ps -q proxy 2>/dev/null | head -n 1)
+        [[ -n $cid ]] && docker logs --since "$(($1 / 1000 - 1))" "$cid" 2>&1
+    else
+        cat "$PROXY_LOG" 2>/dev/null
+    fi
+}
+
+# log_line TEXT_FILE PATTERN: the first line with PATTERN that names the victim (without ANSI
+# colours); empty when there is none.
+log_line() {
+    sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -F -- "$2" | grep -F -- "$OUTLIER_VICTIM_LABEL" | head -n 1 || true
+}
+
+OUTLIER_LOAD_PID=
+OUTLIER_VICTIM_LABEL=
+# Passive outlier detection. The table is split where the fault was set, where the proxy showed
+# the victim ejected (the scrape that said gateway_backend_ejected 1), a moment known to lie
+# inside the ejection (base_ejection_seconds after the fault was set, less OUTLIER_INSIDE_MS: it
+# cannot have come back earlier, as its ejection began after the fault), where it was shown back
+# (gateway_backend_ejected 0), and at the end of the load (the victim having answered
+# OUTLIER_RETURN_ANSWERS 2xx since then).
+OUTLIER_INSIDE_MS=250
+scenario_outlier() {
+    local c=$OUTLIER_CONCURRENCY f e victim=1 i w=$WORK_DIR stop base return_ms
+    local t0 t_fault t_ej="" t_clear="" t_out="" t_back="" fault_answer clear_answer
+    local faulted0 faulted1 ready_ej="" ready_back="" up_at_ej="" out_ejected="" return_bound
+    if ((COMPOSE)); then
+        f=$(toml_int config/docker.toml consecutive_failures)
+        e=$(toml_int config/docker.toml base_ejection_seconds)
+        [[ -n $f && -n $e ]] ||
+            die "cannot read [upstream.outlier] consecutive_failures and base_ejection_seconds from config/docker.toml"
+        ((f >= 1)) || die "config/docker.toml sets consecutive_failures = 0 (no ejection): outlier needs it on"
+        for i in "${!BACKEND_NAMES[@]}"; do
+            [[ ${BACKEND_NAMES[i]} == "$OUTLIER_SERVICE" ]] && victim=$i
+        done
+        # A previous run (failover) may have left it stopped, or (this one, killed) faulty.
+        compose_do start "$OUTLIER_SERVICE" || die "could not start $OUTLIER_SERVICE"
+    else
+        f=$OUTLIER_FAILURES e=$OUTLIER_EJECTION_SECONDS
+    fi
+    stack_up outlier 0 1
+    OUTLIER_VICTIM_LABEL=${BACKEND_LABELS[victim]}
+    local victim_name=${BACKEND_NAMES[victim]} label=${BACKEND_LABELS[victim]}
+    # Bounds of the waits: ejection within 30 s of the fault (the load sends requests all the
+    # while); the return within twice the base time and 15 s more (a backend ejected again soon
+    # after an earlier ejection, as in a rerun against the compose stack, is out for longer).
+    return_bound=$((2 * e * 1000 + 15000))
+    scenario_title "load -c $c over ${#BACKEND_LABELS[@]} backends; $victim_name answers 500 after $OUTLIER_WARMUP requests; ejected after $f failures in a row for ${e}s; fault cleared; back"
+    show_backends
+    CLEANUP_HOOKS+=(outlier_clear_fault)
+    if ((COMPOSE)); then
+        FAULT_SET=1
+        outlier_clear_fault || die "could not clear $OUTLIER_SERVICE's fault (docker compose exec $OUTLIER_SERVICE curl -X DELETE .../_mock/fault)"
+        # An aborted run may have left it ejected: wait until it is back.
+        poll "$return_bound" 0.2 victim_not_ejected ||
+            die "$victim_name is still ejected (/ready: upstreams.default.ejected = $(ready_ejected))"
+    fi
+    faulted0=$(victim_faulted)
+    [[ $faulted0 =~ ^[0-9]+$ ]] || die "cannot read $victim_name's /stats"
+
+    scrape "$ADMIN_URL" "$w/m0"
+    OUTLIER_FLUSH_BASE=$(requests_total "$w/m0")
+    base=$OUTLIER_FLUSH_BASE
+    stop=$w/load.stop
+    write_outlier_load "$w/load.py"
+    t0=$(now_ms)
+    spawn "$w/load.err" python3 "$w/load.py" "$w/load.out" "$PROXY_URL/" "$c" "$stop" "$OUTLIER_MAX_REQUESTS" \
+        "$AB_TIMEOUT_SECONDS" "$OUTLIER_PAUSE_MS"
+    OUTLIER_LOAD_PID=$SPAWNED_PID
+    LOAD_ENDED=0
+
+    # -- Steady load, then the fault.
+    poll $((AB_TIMEOUT_SECONDS * 1000)) 0.05 outlier_answered "$w/m_fault" "$base" "$OUTLIER_WARMUP" ||
+        die "the load did not reach $OUTLIER_WARMUP answered requests"
+    if ((!LOAD_ENDED)); then
+        t_fault=$(now_ms)
+        FAULT_SET=1
+        fault_answer=$(victim_mock PUT /_mock/fault '{"status": 500}') ||
+            die "could not set $victim_name's fault (PUT /_mock/fault)"
+        say "$(secs $((t_fault - t0)))s: PUT /_mock/fault on $victim_name: $fault_answer"
+        # -- Ejected.
+        if poll 30000 0.05 outlier_ejected_is "$w/m_ej" 1 && ((!LOAD_ENDED)); then
+            t_ej=$(now_ms)
+            # Cleared at once: it must be healthy again before its ejection ends (else it comes
+            # back faulty, on probation, and is ejected again).
+            clear_answer=$(victim_mock DELETE /_mock/fault) || die "could not clear $victim_name's fault (DELETE /_mock/fault)"
+            t_clear=$(now_ms)
+            FAULT_SET=0
+            ready_ej=$(ready_ejected)
+            # Read before it can have come back (E after the fault), or not at all.
+            (($(now_ms) < t_fault + e * 1000)) || ready_ej="(read too late: ${e}s after the fault)"
+            up_at_ej=$(metric_sample "$w/m_ej" gateway_backend_up upstream=default "backend=$label")
+            say "$(secs $((t_ej - t0)))s: gateway_backend_ejected 1 for $victim_name ($(secs $((t_ej - t_fault)))s after the fault); /ready upstreams.default.ejected = [${ready_ej}]; gateway_backend_up ${up_at_ej:-?}"
+            say "$(secs $((t_clear - t0)))s: DELETE /_mock/fault on $victim_name: $clear_answer"
+            # -- A moment that lies inside the ejection (if detection left one): a scrape complete
+            # before base_ejection_seconds had passed since the fault was set.
+            if ((t_fault + e * 1000 - OUTLIER_INSIDE_MS > $(now_ms))); then
+                OUT_SCRAPED_MS=
+                if poll $((e * 1000 + 5000)) 0.05 outlier_time_is "$w/m_out" $((t_fault + e * 1000 - OUTLIER_INSIDE_MS)) &&
+                    ((OUT_SCRAPED_MS < t_fault + e * 1000)); then
+                    t_out=$OUT_SCRAPED_MS
+                    out_ejected=$(metric_sample "$w/m_out" gateway_backend_ejected upstream=default "backend=$label")
+                else
+                    rm -f -- "$w/m_out"
+                fi
+            fi
+            # -- Back by itself.
+            if poll "$return_bound" 0.05 outlier_ejected_is "$w/m_back" 0 && ((!LOAD_ENDED)); then
+                t_back=$(now_ms)
+                ready_back=$(ready_ejected)
+                say "$(secs $((t_back - t0)))s: gateway_backend_ejected 0 for $victim_name again ($(secs $((t_back - t_fault)))s after the fault); /ready upstreams.default.ejected = [${ready_back}]"
+                poll 30000 0.05 outlier_victim_2xx "$w/m_end" "$w/m_back" "$OUTLIER_RETURN_ANSWERS" || true
+            fi
+        fi
+    fi
+    : >"$stop"
+    wait_exit "$OUTLIER_LOAD_PID" 60000
+    local load_rc=$EXIT_RC load_sent=0 load_failed=0 load_rps=0 load_codes=""
+    read -r load_sent load_failed load_rps load_codes <"$w/load.out" 2>/dev/null || true
+    ((load_rc == 0)) || warn "the load exited with $load_rc: $(tail -n 3 "$w/load.err" | tr '\n' ' ')"
+    outlier_clear_fault || warn "could not clear $victim_name's fault"
+    scrape_settled "$ADMIN_URL" "$w/m_last" "$base" "${load_sent:-0}"
+    faulted1=$(victim_faulted)
+    proxy_log_since "$t0" >"$w/proxy.lines" || true
+    # Rows without their split point (a wait that failed) are empty.
+    local m
+    for m in m_fault m_ej m_out m_back m_end; do [[ -f $w/$m ]] || cp "$w/m_last" "$w/$m"; done
+    [[ -n $t_out ]] || cp "$w/m_ej" "$w/m_out"
+    cp "$w/m_last" "$w/m_end"
+
+    local client_5xx client_2xx client_other
+    client_5xx=$(tr ' ' '\n' <<<"$load_codes" | awk -F: '$1 ~ /^5/ { n += $2 } END { printf "%d\n", n }')
+    client_2xx=$(tr ' ' '\n' <<<"$load_codes" | awk -F: '$1 ~ /^2/ { n += $2 } END { printf "%d\n", n }')
+    client_other=$((${load_sent:-0} - client_5xx - client_2xx - ${load_failed:-0}))
+    table_header
+    delta "$w/m0" "$w/m_fault"
+    table_row "before fault" "$D_TOTAL" - -
+    local before_victim=${D_BACKEND[victim]:-0}
+    delta "$w/m_fault" "$w/m_ej"
+    table_row "fault..ejected" "$D_TOTAL" - -
+    delta "$w/m_ej" "$w/m_out"
+    table_row "ejected" "$D_TOTAL" - -
+    local inside_victim=${D_BACKEND[victim]:-0}
+    delta "$w/m_out" "$w/m_back"
+    table_row "ejected..back" "$D_TOTAL" - -
+    delta "$w/m_back" "$w/m_end"
+    table_row "back" "$D_TOTAL" - -
+    local after_victim_2xx after_victim_5xx
+    after_victim_2xx=$(answered_delta "$w/m_back" "$w/m_end" "$label" 2)
+    after_victim_5xx=$(answered_delta "$w/m_back" "$w/m_end" "$label" 5)
+    delta "$w/m0" "$w/m_end"
+    table_row "total" "${load_sent:-0}" "${load_failed:-0}" "${load_rps:-0}"
+    local total_5xx=$D_5XX total_429_other=$((D_429 + D_OTHER)) total=$D_TOTAL
+    local victim_5xx ejections others_ejections=0 other_label
+    victim_5xx=$(answered_delta "$w/m0" "$w/m_end" "$label" 5)
+    ejections=$(($(metric_sample "$w/m_end" gateway_backend_ejections_total upstream=default "backend=$label") -
+        $(metric_sample "$w/m0" gateway_backend_ejections_total upstream=default "backend=$label")))
+    for other_label in "${BACKEND_LABELS[@]}"; do
+        [[ $other_label == "$label" ]] && continue
+        others_ejections=$((others_ejections + $(metric_sample "$w/m_end" gateway_backend_ejections_total upstream=default "backend=$other_label") -
+            $(metric_sample "$w/m0" gateway_backend_ejections_total upstream=default "backend=$other_label")))
+    done
+    local split="" from=m0 to
+    for to in m_fault m_ej m_out m_back m_end; do
+        split+="${split:+, }$(answered_delta "$w/$from" "$w/$to" "$label" 2)/$(answered_delta "$w/$from" "$w/$to" "$label" 5)"
+        from=$to
+    done
+    say "$victim_name's 2xx/5xx by phase (before fault, fault..ejected, ejected, ejected..back, back): $split"
+    say "client: ${load_sent:-0} sent, statuses ${load_codes:-none}; $victim_name's /stats: faulted $faulted0 -> $faulted1"
+    say "gateway_backend_ejections_total{upstream=\"default\",backend=\"$label\"} +$ejections"
+    if [[ -n $t_out ]]; then
+        say "inside the ejection ($(secs $((t_out - t_fault)))s after the fault): gateway_backend_ejected ${out_ejected:-?}"
+    fi
+    ((COMPOSE && OUTLIER_FLUSHES)) && say "the host's budget was renewed $OUTLIER_FLUSHES time(s) during the load (FLUSHALL every $OUTLIER_FLUSH_AT requests)"
+    local log_ej log_back
+    log_ej=$(log_line "$w/proxy.lines" "backend ejected: consecutive failures")
+    log_back=$(log_line "$w/proxy.lines" "backend back from ejection")
+    say "proxy log: ${log_ej:-(no ejection line)}"
+    say "proxy log: ${log_back:-(no return line)}"
+
+    say " the load:"
+    expect_true "the load ran through every phase" $((LOAD_ENDED ? 1 : 0)) \
+        "it ended first, after ${load_sent:-?} requests (raise OUTLIER_MAX_REQUESTS or AB_TIMEOUT_SECONDS)"
+    expect_eq "load exit status" "$load_rc" 0
+    expect_eq "failed requests (no HTTP answer)" "${load_failed:-?}" 0
+    expect_eq "requests counted by the proxy" "$total" "${load_sent:-?}"
+    expect_eq "429 and other statuses" "$total_429_other" 0
+    expect_eq "client-visible errors (5xx the client got) = 5xx counted by the proxy" "$client_5xx" "$total_5xx"
+    expect_eq "statuses other than 2xx and 5xx the client got" "$client_other" 0
+    expect_true "$victim_name answered before the fault" $((before_victim > 0 ? 0 : 1)) "it answered none"
+    say " the fault ($victim_name: 500 on every request but /health):"
+    expect_true "$victim_name ejected (gateway_backend_ejected 1)" "$([[ -n $t_ej ]] && echo 0 || echo 1)" \
+        "not seen while the load ran (at most 30 s after the fault)"
+    expect_range "$victim_name's 5xx ($f in a row eject it; up to $c more in flight)" "$victim_5xx" "$f" $((f + c))
+    expect_range "client-visible errors (at most consecutive_failures + concurrency)" "$client_5xx" 0 $((f + c))
+    expect_eq "5xx answered by other backends" $((total_5xx - victim_5xx)) 0
+    expect_eq "$victim_name's /stats faulted = its 5xx counted by the proxy" "$((faulted1 - faulted0))" "$victim_5xx"
+    expect_eq "gateway_backend_ejections_total of $victim_name" "$ejections" 1
+    expect_eq "ejections of the other backends" "$others_ejections" 0
+    expect_eq "/ready upstreams.default.ejected when ejected" "$ready_ej" "$label"
+    expect_eq "gateway_backend_up of $victim_name when ejected (its health check passes)" "${up_at_ej:-?}" 1
+    expect_true "the proxy logged \"backend ejected: consecutive failures\" for $victim_name" \
+        "$([[ -n $log_ej ]] && echo 0 || echo 1)" "no such line"
+    if [[ -z $t_ej ]]; then
+        say " (not ejected: nothing more to check)"
+    else
+        say " while ejected:"
+        expect_true "fault cleared before its return (${e}s after the fault at the earliest)" \
+            "$([[ -n $t_clear ]] && ((t_clear < t_fault + e * 1000)) && echo 0 || echo 1)" \
+            "${t_clear:+cleared $(secs $((t_clear - t_fault)))s after the fault: it may have come back faulty}"
+        if [[ -n $t_out ]]; then
+            expect_eq "still ejected $(secs $((e * 1000 - OUTLIER_INSIDE_MS)))s after the fault" "$out_ejected" 1
+            expect_range "$victim_name's answers inside the ejection (in flight when ejected)" "$inside_victim" 0 $((c - 1))
+        else
+            say "   (no moment inside the ejection left to check: seen ejected, or scraped, too late)"
+        fi
+        say " back:"
+        expect_true "$victim_name back by itself (gateway_backend_ejected 0)" "$([[ -n $t_back ]] && echo 0 || echo 1)" \
+            "still ejected $(secs "$return_bound")s after the fault"
+        if [[ -n $t_back ]]; then
+            return_ms=$((t_back - t_fault))
+            expect_true "back no sooner than base_ejection_seconds (${e}s) after the fault" $((return_ms >= e * 1000 ? 0 : 1)) \
+                "after $(secs "$return_ms")s"
+            expect_eq "/ready upstreams.default.ejected when back" "$ready_back" ""
+            expect_true "$victim_name answered 2xx again (at least $OUTLIER_RETURN_ANSWERS)" \
+                $((after_victim_2xx >= OUTLIER_RETURN_ANSWERS ? 0 : 1)) "$after_victim_2xx"
+            expect_eq "$victim_name's 5xx after its return" "$after_victim_5xx" 0
+            expect_true "the proxy logged \"backend back from ejection\" for $victim_name" \
+                "$([[ -n $log_back ]] && echo 0 || echo 1)" "no such line"
+        fi
+    fi
+    if ((COMPOSE)); then
+        compose_wait_ready "${#BACKEND_LABELS[@]}"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
