@@ -143,6 +143,18 @@ async fn https_over_http1_and_http2_with_certificates_chosen_by_sni() {
     })
     .await;
     assert!(logged, "{}", proxy.log());
+    // And the metrics count requests by protocol and TLS.
+    let m = proxy.metrics().await;
+    let count = |proto: &str, tls: &str| {
+        m.sum(
+            "gateway_downstream_requests_total",
+            &[("proto", proto), ("tls", tls)],
+        )
+    };
+    assert_eq!(count("h2", "true"), 1.0, "{}", m.text);
+    assert_eq!(count("http/1.1", "true"), 1.0);
+    assert!(count("http/1.1", "false") >= 1.0);
+    assert_eq!(count("h2", "false"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

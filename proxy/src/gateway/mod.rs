@@ -625,6 +625,8 @@ impl ProxyHttp for Gateway {
             ctx.backend.as_ref().filter(|_| ctx.upstream_time.is_some());
         let route_metrics = ctx.route().map_or(&self.no_route, |r| &r.metrics);
         let method = &session.req_header().method;
+        self.metrics
+            .downstream_request(session.req_header().version, ctx.tls);
         route_metrics.with_series(answered_by.map(|b| &b.label), |series| {
             series.requests.inc(method, code, status_label);
             series.duration.observe(elapsed.as_secs_f64());

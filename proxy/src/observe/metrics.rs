@@ -29,6 +29,27 @@ pub const STORE_BUCKETS: &[f64] = &[
 /// Label value for requests no backend answered (404, 429, 502, 503).
 pub const NO_BACKEND: &str = "none";
 
+/// The `proto` and `tls` labels of `gateway_downstream_requests_total`, by [`protocol_index`].
+const PROTOCOLS: [(&str, bool); 6] = [
+    ("http/1.0", false),
+    ("http/1.0", true),
+    ("http/1.1", false),
+    ("http/1.1", true),
+    ("h2", false),
+    ("h2", true),
+];
+
+/// Where a request's protocol is in [`PROTOCOLS`] (HTTP/0.9 counts as 1.0, HTTP/3 as h2: the
+/// listeners speak neither).
+fn protocol_index(version: http::Version, tls: bool) -> usize {
+    let proto = match version {
+        http::Version::HTTP_09 | http::Version::HTTP_10 => 0,
+        http::Version::HTTP_11 => 1,
+        _ => 2,
+    };
+    proto * 2 + usize::from(tls)
+}
+
 /// A backend's metrics key: its group and its label.
 type BackendKey = (Arc<str>, String);
 
@@ -60,6 +81,8 @@ pub struct Metrics {
     retries_by_reason: IntCounterVec,
     retries_refused: IntCounterVec,
     overloaded: IntCounterVec,
+    /// `gateway_downstream_requests_total` by [`protocol_index`], resolved once.
+    by_protocol: [IntCounter; 6],
     /// The shared rate-limit store: failed checks and check latency.
     pub store_errors: IntCounter,
     pub store_seconds: Histogram,
@@ -207,6 +230,16 @@ impl Metrics {
             ),
             &["upstream"],
         )?;
+        let downstream_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_downstream_requests_total",
+                "Requests from clients by protocol (http/1.0, http/1.1, h2) and whether over TLS",
+            ),
+            &["proto", "tls"],
+        )?;
+        let by_protocol = PROTOCOLS.map(|(proto, tls)| {
+            downstream_requests.with_label_values(&[proto, if tls { "true" } else { "false" }])
+        });
         let tls_handshake_failures = IntCounter::new(
             "gateway_tls_handshake_failures_total",
             "TLS connections closed before a request: the handshake failed (no shared version or cipher, bad client hello) or took longer than server.header_timeout_ms",
@@ -257,6 +290,7 @@ impl Metrics {
         registry.register(Box::new(retries_by_reason.clone()))?;
         registry.register(Box::new(retries_refused.clone()))?;
         registry.register(Box::new(overloaded.clone()))?;
+        registry.register(Box::new(downstream_requests))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
         registry.register(Box::new(store_seconds.clone()))?;
@@ -289,6 +323,7 @@ impl Metrics {
             retries_by_reason,
             retries_refused,
             overloaded,
+            by_protocol,
             tls_handshake_failures,
             store_errors,
             store_seconds,
@@ -382,6 +417,11 @@ impl Metrics {
         self.retries_refused
             .with_label_values(&[group, reason])
             .inc();
+    }
+
+    /// Counts a client request by its protocol.
+    pub fn downstream_request(&self, version: http::Version, tls: bool) {
+        self.by_protocol[protocol_index(version, tls)].inc();
     }
 
     /// Counts a request refused by `limits.max_requests`.
