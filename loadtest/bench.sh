@@ -5,12 +5,13 @@
 #
 #   loadtest/bench.sh [--rounds N] [--duration S] [--workers N] [--connections C] [--wrk-threads T]
 #                     [--sweep-duration S] [--backend-workers N] [--clients N]
-#                     [--skip-sweep] [--skip-clients] [--skip-conns] [--no-build] [--out DIR]
+#                     [--skip-sweep] [--skip-clients] [--skip-conns] [--skip-memory] [--no-build] [--out DIR]
 #   loadtest/bench.sh --tls [--rounds N] [--duration S] [--workers N] [--connections C]
 #                     [--wrk-threads T] [--backend-workers N] [--hs-burst N] [--hs-threads T]
 #                     [--no-build] [--out DIR]
 #
-# Defaults: 5 rounds of 10 s, 1 worker per proxy, wrk -t1 -c50; a full run takes ~12 minutes.
+# Defaults: 5 rounds of 10 s, 1 worker per proxy, wrk -t1 -c50; a full run takes ~14 minutes
+# (the memory part ~2 of them).
 # For development: loadtest/bench.sh --rounds 1 --duration 3
 #
 # Systems (each a separate process, all started once, measured one at a time):
@@ -35,7 +36,13 @@
 #   4. conns: new upstream connections per 10,000 requests with 2 workers per proxy, counted
 #      at the backends (nginx stub_status) and, for ours, by gateway_upstream_connections_total.
 #
-# Results: loadtest/results/bench.{md,csv,json} and latency_sweep.png (see bench_report.py).
+#   5. memory: RSS per idle keep-alive connection, 10,000 connections held open through ours,
+#      bare, nginx and HAProxy (loadtest/bench_memory.sh, run after the parts above with their
+#      processes stopped; its own backends and 3 rounds, fresh processes; --rounds and
+#      --duration do not apply; MEM_ROUNDS, MEM_CONNECTIONS may come from the environment).
+#
+# Results: loadtest/results/bench.{md,csv,json} and latency_sweep.png (see bench_report.py);
+# the memory part's in loadtest/results/memory.md (its generated block).
 #
 # --tls runs only this comparison (none of the parts above): `ours` (as above, plus a [tls]
 # listener; its plain listener stays, unused) against nginx terminating TLS (one worker each,
@@ -95,6 +102,7 @@ TLS=0
 DO_SWEEP=1
 DO_CLIENTS=1
 DO_CONNS=1
+DO_MEMORY=1
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; }
 
@@ -111,6 +119,7 @@ while (($#)); do
     --skip-sweep) DO_SWEEP=0; shift ;;
     --skip-clients) DO_CLIENTS=0; shift ;;
     --skip-conns) DO_CONNS=0; shift ;;
+    --skip-memory) DO_MEMORY=0; shift ;;
     --tls) TLS=1; shift ;;
     --hs-burst) HS_BURST=$2; shift 2 ;;
     --hs-threads) HS_THREADS=$2; shift 2 ;;
@@ -634,3 +643,13 @@ fi
 
 log "report"
 python3 "$HERE/bench_report.py" --raw "$RAW" --out "$OUT"
+
+# --- 5. memory per idle connection ---------------------------------------------------------
+if ((DO_MEMORY)); then
+  # Nothing of the parts above may hold memory or ports meanwhile: stop every process of theirs.
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+    stop_pid "$pid"
+  done
+  log "memory: loadtest/bench_memory.sh"
+  "$HERE/bench_memory.sh" --no-build --out "$OUT" || log_die "memory part failed"
+fi
