@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::{background_service, Opt};
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -130,7 +132,7 @@ pub fn build(
     let tls_app = tls.as_ref().map(|t| downstream.with_tls(t.clone()));
     let mut proxy = Service::new("gateway".to_owned(), downstream);
     for addr in &settings.server.listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(unbuffered_tcp(addr));
     }
 
     let admin = background_service(
@@ -180,6 +182,7 @@ pub fn build(
         // TLS listeners are plain TCP to Pingora: the handshake is the app's (see tls/).
         let mut service = Service::new("gateway tls".to_owned(), app);
         for addr in &t.listen {
+            // Buffered: the TLS layer reads records in small pieces.
             service.add_tcp(&addr.to_string());
         }
         let service = server.add_service(service);
@@ -203,4 +206,15 @@ pub fn build(
             shutdown_signal: Box::new(signals),
         },
     ))
+}
+
+/// A plain listener without Pingora's 64 KiB read buffer per connection: the HTTP/1 session
+/// reads into its own header buffer anyway, and the buffer, zero-filled when the connection is
+/// accepted, was most of an idle kept-alive connection's memory (107 KB per connection with
+/// it, see loadtest/results/memory.md).
+fn unbuffered_tcp(addr: &std::net::SocketAddr) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings {
+        read: Some(0),
+        write: None,
+    })
 }

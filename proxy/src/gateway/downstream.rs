@@ -362,9 +362,15 @@ impl ServerApp for DownstreamApp {
         let _open = GaugeGuard(&self.metrics);
         let stream = match &self.tls {
             None => stream,
-            // The handshake counts against the first header's deadline.
+            // The handshake counts against the first header's deadline. Boxed: inline, its
+            // future (about 7 KB) would sit in every connection's state, plain ones included,
+            // for the connection's whole life.
             Some(tls) => {
-                match tokio::time::timeout(self.bounds.header_timeout, tls.accept(stream)).await {
+                let handshake = Box::pin(tokio::time::timeout(
+                    self.bounds.header_timeout,
+                    tls.accept(stream),
+                ));
+                match handshake.await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         self.metrics.tls_handshake_failures.inc();
