@@ -164,11 +164,14 @@ impl SharedStore {
 
     /// The key of `client` under `policy`.
     fn key(&self, policy: &str, client: &ClientKey) -> String {
-        format!(
-            "{}{policy}:{{{}}}",
-            self.settings.key_prefix,
-            client.store_name()
-        )
+        let prefix = &self.settings.key_prefix;
+        let mut key = String::with_capacity(prefix.len() + policy.len() + 48);
+        key.push_str(prefix);
+        key.push_str(policy);
+        key.push_str(":{");
+        client.write_store_name(&mut key);
+        key.push('}');
+        key
     }
 
     /// Whether this check may use the store: it is up, or this check is the one probe due.

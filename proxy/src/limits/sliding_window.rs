@@ -57,10 +57,36 @@ impl ClientKey {
 
     /// The key as a shared store names it: `ip:1.2.3.4`, `ip:2001:db8::/64`, `key:<32 hex>`.
     pub fn store_name(&self) -> String {
+        let mut out = String::with_capacity(40);
+        self.write_store_name(&mut out);
+        out
+    }
+
+    /// Appends [`store_name`](Self::store_name) to `out`, without `format!` on the request
+    /// path (IPv4 octets and token hex digits written directly).
+    pub fn write_store_name(&self, out: &mut String) {
         match self {
-            ClientKey::Ip(IpAddr::V4(v4)) => format!("ip:{v4}"),
-            ClientKey::Ip(IpAddr::V6(v6)) => format!("ip:{v6}/64"),
-            ClientKey::Token(t) => format!("key:{t:032x}"),
+            ClientKey::Ip(IpAddr::V4(v4)) => {
+                out.push_str("ip:");
+                let mut n = itoa::Buffer::new();
+                for (i, octet) in v4.octets().iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    out.push_str(n.format(*octet));
+                }
+            }
+            ClientKey::Ip(IpAddr::V6(v6)) => {
+                use std::fmt::Write;
+                let _ = write!(out, "ip:{v6}/64");
+            }
+            ClientKey::Token(t) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("key:");
+                for shift in (0..32).rev() {
+                    out.push(HEX[((t >> (shift * 4)) & 0xf) as usize] as char);
+                }
+            }
         }
     }
 
@@ -330,6 +356,30 @@ fn retry_after_ms(w: &Window, now_ms: u64, limit: u32, window_ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_names_are_what_format_would_write() {
+        for ip in ["1.2.3.4", "255.0.10.199", "0.0.0.0"] {
+            let v4: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(
+                ClientKey::Ip(IpAddr::V4(v4)).store_name(),
+                format!("ip:{v4}")
+            );
+        }
+        let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            ClientKey::Ip(IpAddr::V6(v6)).store_name(),
+            format!("ip:{v6}/64")
+        );
+        for t in [
+            0u128,
+            1,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+        ] {
+            assert_eq!(ClientKey::Token(t).store_name(), format!("key:{t:032x}"));
+        }
+    }
 
     #[test]
     fn neighbouring_addresses_spread_over_all_shards() {
