@@ -10,6 +10,9 @@
 //! cargo build --release --example bare_proxy
 //! target/release/examples/bare_proxy --listen 127.0.0.1:6188 --threads 1 127.0.0.1:9001 127.0.0.1:9002
 //! ```
+//!
+//! `--tls-listen ADDR --tls-cert CHAIN.pem --tls-key KEY.pem` adds Pingora's own TLS listener
+//! (rustls, its default versions and ALPN): the ceiling for `loadtest/bench.sh --tls`.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -48,6 +51,15 @@ struct Cli {
     /// Idle upstream connections kept per worker thread.
     #[arg(long, default_value_t = 128)]
     keepalive_pool_size: usize,
+    /// Also serve HTTPS here, with Pingora's own TLS listener.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the TLS listener.
+    #[arg(long)]
+    tls_cert: Option<String>,
+    /// Private key (PEM) of the TLS listener.
+    #[arg(long)]
+    tls_key: Option<String>,
     /// Backends (`ip:port`), used in turn.
     #[arg(required = true)]
     backends: Vec<SocketAddr>,
@@ -126,6 +138,13 @@ fn main() {
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Bare { lb });
     proxy.add_tcp(&cli.listen.to_string());
+    if let (Some(addr), Some(cert), Some(key)) = (cli.tls_listen, &cli.tls_cert, &cli.tls_key) {
+        if let Err(e) = proxy.add_tls(&addr.to_string(), cert, key) {
+            eprintln!("bare_proxy: TLS listener: {e}");
+            std::process::exit(1);
+        }
+        println!("bare_proxy TLS on {addr}");
+    }
     server.add_service(proxy);
     println!(
         "bare_proxy listening on {} ({} threads)",
