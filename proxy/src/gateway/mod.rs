@@ -540,16 +540,18 @@ impl ProxyHttp for Gateway {
             "reset"
         };
         self.count_upstream_error(ctx, kind);
-        self.record_outcome(ctx, false);
+        // A pooled connection closed before any answer is the keep-alive race (Pingora marks
+        // those errors "retry if reused"): not the backend failing, and no work done there.
+        let stale_pooled = client_reused && matches!(e.retry, RetryType::ReusedOnly);
+        if !stale_pooled {
+            self.record_outcome(ctx, false);
+        }
         // Retry only what is safe to send twice and what the client has not seen any of; a
         // timeout means the backend may still be working on it, so it is not retried.
         let retryable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
             && !timeout;
-        // A pooled connection closed before any answer is the keep-alive race, not the
-        // backend's work (Pingora marks those errors "retry if reused").
-        let stale_pooled = client_reused && matches!(e.retry, RetryType::ReusedOnly);
         let retry = self.decide_retry(ctx, RetryReason::Reset, retryable, !stale_pooled, &e);
         e.set_retry(retry);
         e
