@@ -10,9 +10,15 @@
 #                     [--wrk-threads T] [--backend-workers N] [--hs-burst N] [--hs-threads T]
 #                     [--no-build] [--out DIR]
 #
-# Defaults: 5 rounds of 10 s, 1 worker per proxy, wrk -t1 -c50; a full run takes ~14 minutes
-# (the memory part ~2 of them).
-# For development: loadtest/bench.sh --rounds 1 --duration 3
+# Defaults: 45 rounds of 5 slots of 2 s in the main part (--rounds; --duration sets the slot), 1
+# worker per proxy, wrk -t1 -c50. A full run takes ~12.5 minutes on the 2-core VM (must stay
+# under 15); budget per part, as measured (bench.md lists each run's own times):
+#   setup ~0.1 min (+ the build, if any: ~0.7 min after a change in proxy/) · 1. main ~8 min
+#   (warm-up 8 x 2 s; 45 x 5 slots x 2 s of wrk, ~0.05 s of bookkeeping per slot) · 2. sweep
+#   ~1.7 min (20 points x 5 s) · 3. clients ~0.6 min · 4. conns ~0.9 min (4 x 12 s) ·
+#   5. memory ~1.5 min.
+# --tls defaults to 5 rounds of 10 s instead (see below).
+# For development: loadtest/bench.sh --rounds 2 --duration 1 --skip-sweep --skip-clients --skip-conns --skip-memory
 #
 # Systems (each a separate process, all started once, measured one at a time):
 #   ours       the gateway: rate limiting on (limit 1e9, never reached), metrics, headers, no access log
@@ -25,24 +31,56 @@
 #   direct     wrk straight to backend 1: shows the backend is not the bottleneck
 #
 # Parts:
-#   1. main: interleaved rounds (A B C ... A B C ...) of `wrk -t1 -c50 -d10s --latency`;
-#      per system the median req/s, p50/p99 latency, CPU seconds per 100k requests
-#      (utime+stime of the proxy's processes from /proc/PID/stat) and peak RSS (VmHWM, summed
-#      over a process and its children); ratios ours/bare, ours/nginx, ours/haproxy as
-#      medians of per-round ratios.
+#   1. main: ROUNDS rounds, each of 5 back-to-back slots of `wrk -t1 -c50 -dDURATION --latency`,
+#      ordered so that slow drift of the VM cancels out of the ratios (paired, ABBA):
+#        ours bare S bare ours    or    bare ours S ours bare
+#      ours and bare are measured twice in every round, symmetrically about the round's middle,
+#      so a linear drift within the round affects both alike; S, in the middle (so its ratios to
+#      ours and bare are symmetric too), is one of the six secondary systems, in turn
+#      (ours+log ours-norl ours+case nginx haproxy direct). Which of ours and bare comes first
+#      alternates, shifted every cycle of six. So ours and bare get ROUNDS rounds, each secondary
+#      ROUNDS/6 (7 or 8 by default, the fewest that still give a 95% interval of the median):
+#      the default spends the time on the ratio with a target, ours/bare; the secondaries'
+#      ratios are resolved less finely.
+#      Per round and system: req/s = requests / seconds over its slots, p50/p99 = mean of its
+#      slots' wrk percentiles, CPU seconds per 100k requests (utime+stime of the proxy's
+#      processes from /proc/PID/stat over its slots) and peak RSS (VmHWM, summed over a process
+#      and its children). Per system the median over rounds. Every ratio (ours/bare,
+#      ours/nginx, ...; req/s, CPU/req, p50, p99) is the median of the per-round ratios with
+#      their spread (min-max) and a distribution-free 95% confidence interval of that median
+#      (order statistics of the per-round ratios, binomial method); a ratio resolves a 5%
+#      difference when the interval's half-width is <= 2.5% of the median. ours/bare req/s is
+#      checked against 0.90: "yes" when the whole interval is >= 0.90, "no" when it is below,
+#      else "undecided".
+#      Why 45 x 2 s: pilots of ours and bare alone in the same ABBA order on this VM
+#      (2026-11-26, no other benchmark running), per-round req/s ratio ours/bare:
+#        24 rounds x 2 s slots   SD 0.061, robust SD (1.4826 MAD) 0.033 = 3.7% of the median
+#        48 rounds x 1 s slots   SD 0.069, robust SD 0.048 = 5.2%  (p99 ratio: 25%, vs 9% at 2 s)
+#        12 rounds x 4 s slots   SD 0.158, robust SD 0.059 = 6.9%  (a noisier period: single
+#                                slots varied by 20%, against 7-11% in the 2 s pilot)
+#      The median's 95% interval has a half-width of about 1.96 x 1.2533 x SD / sqrt(n), so
+#      <= 2.5% needs n >= (2.46 x SD / 2.5%)^2: 14 rounds at 3.7%, 27 at 5.2%, 47 at 6.9%.
+#      The order-statistics interval is wider than that (discrete, >= 95%): a first full run
+#      with 36 rounds (6 slots each, two secondaries per round) had robust SD 4.8% (formula:
+#      23 rounds) and a half-width of 2.54%. Hence 45 rounds, one secondary per round, in the
+#      same time. 1 s slots were noisier per second measured, p99 above all. The p99 ratio
+#      (robust SD 9-10%) would need ~90 rounds: it is reported with its interval, but a 5%
+#      difference in p99 is not resolved by the default run.
 #   2. sweep: latency against load at 1, 16, 64 and 256 connections; chart latency_sweep.png.
 #   3. clients: 10,000 distinct client addresses (127.x.y.z, loadtest/many_clients.py), 5
 #      requests each, through ours, ours-norl and bare; new addresses every round.
 #   4. conns: new upstream connections per 10,000 requests with 2 workers per proxy, counted
-#      at the backends (nginx stub_status) and, for ours, by gateway_upstream_connections_total.
-#
+#      at the backends (nginx stub_status) and, for ours, by gateway_upstream_connections_total
+#      (one wrk run of CONN_WARM + CONN_DURATION seconds, 2 + 10 by default, per proxy).
 #   5. memory: RSS per idle keep-alive connection, 10,000 connections held open through ours,
 #      bare, nginx and HAProxy (loadtest/bench_memory.sh, run after the parts above with their
 #      processes stopped; its own backends and 3 rounds, fresh processes; --rounds and
 #      --duration do not apply; MEM_ROUNDS, MEM_CONNECTIONS may come from the environment).
 #
-# Results: loadtest/results/bench.{md,csv,json} and latency_sweep.png (see bench_report.py);
-# the memory part's in loadtest/results/memory.md (its generated block).
+# Results: loadtest/results/bench.{md,csv,json} and latency_sweep.{png,csv} (see
+# bench_report.py; written after part 5, with each part's wall time and the machine: CPU model,
+# nproc, kernel, hypervisor, load and steal time); the memory part's in
+# loadtest/results/memory.md (its generated block).
 #
 # --tls runs only this comparison (none of the parts above): `ours` (as above, plus a [tls]
 # listener; its plain listener stays, unused) against nginx terminating TLS (one worker each,
@@ -71,7 +109,8 @@
 # nghttp2-client) and openssl besides wrk, nginx and curl. HS_BURST and HS_THREADS may come
 # from the environment too.
 # Settings may also come from the environment: ROUNDS, DURATION, WORKERS, CONNECTIONS,
-# WRK_THREADS, SWEEP_DURATION, BACKEND_WORKERS, CLIENTS, KEEP_TMP=1 (keep configs and raw output).
+# WRK_THREADS, SWEEP_DURATION, BACKEND_WORKERS, CLIENTS, CLIENT_ROUNDS, CONN_DURATION, CONN_WARM,
+# WARMUP, KEEP_TMP=1 (keep configs and raw output).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -79,8 +118,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/../scripts/lib.sh"
 bench_init
 
-ROUNDS=${ROUNDS:-5}
-DURATION=${DURATION:-10}
+# ROUNDS and DURATION default by mode (main: 45 x 2 s slots; --tls: 5 x 10 s), after the options.
+ROUNDS=${ROUNDS:-}
+DURATION=${DURATION:-}
 WORKERS=${WORKERS:-1}
 CONNECTIONS=${CONNECTIONS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
@@ -91,7 +131,7 @@ CLIENTS=${CLIENTS:-10000}
 CLIENT_REQUESTS=${CLIENT_REQUESTS:-5}
 CLIENT_ROUNDS=${CLIENT_ROUNDS:-3}
 CONN_WORKERS=2
-CONN_DURATION=${CONN_DURATION:-}
+CONN_DURATION=${CONN_DURATION:-10}
 CONN_WARM=${CONN_WARM:-2}
 WARMUP=${WARMUP:-2}
 HS_BURST=${HS_BURST:-1000}
@@ -129,11 +169,18 @@ while (($#)); do
     *) usage >&2; log_die "unknown argument: $1" ;;
   esac
 done
-CONN_DURATION=${CONN_DURATION:-$DURATION}
-for v in ROUNDS DURATION WORKERS CONNECTIONS WRK_THREADS SWEEP_DURATION BACKEND_WORKERS CLIENTS; do
+if ((TLS)); then
+  ROUNDS=${ROUNDS:-5}
+  DURATION=${DURATION:-10}
+else
+  ROUNDS=${ROUNDS:-45}
+  DURATION=${DURATION:-2}
+fi
+for v in ROUNDS DURATION WORKERS CONNECTIONS WRK_THREADS SWEEP_DURATION BACKEND_WORKERS CLIENTS CONN_DURATION; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
 done
 ((ROUNDS <= 100 && DURATION <= 600 && CLIENTS <= 1000000)) || log_die "rounds <= 100, duration <= 600, clients <= 1000000"
+RUN_T0=$(now_ms)
 
 # --- --tls: ours against nginx, both terminating TLS (see the header) ------------------------
 # Runs instead of everything below and exits.
@@ -286,7 +333,7 @@ from pathlib import Path
 
 raw, out, here = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 sys.path.insert(0, here)
-from bench_report import fmt, md_table, median, parse_wrk  # noqa: E402
+from bench_report import fmt, md_table, median, median_ci, parse_wrk  # noqa: E402
 
 meta = json.loads((raw / "meta.json").read_text())
 meta.update(json.loads((raw / "after.json").read_text()))
@@ -330,7 +377,9 @@ def ratio_summary(per_round):
     v = [x for x in per_round if x is not None]
     if not v:
         return {"median": None, "min": None, "max": None, "per_round": per_round}
-    return {"median": statistics.median(v), "min": min(v), "max": max(v), "per_round": per_round}
+    lo, hi, cov = median_ci(v)  # distribution-free 95% CI of the median (bench_report.py)
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "ci_low": lo, "ci_high": hi,
+            "ci_coverage": cov, "per_round": per_round}
 
 
 def div(a, b):
@@ -390,8 +439,9 @@ target_met = None if ka_ratio is None else ka_ratio >= TARGET
 
 def rfmt(r, digits=3):
     if r["median"] is None:
-        return "–", "–"
+        return "–", "–", "–"
     return (f"{r['median']:.{digits}f} ({r['min']:.{digits}f}–{r['max']:.{digits}f})",
+            f"{r['ci_low']:.{digits}f}–{r['ci_high']:.{digits}f} ({r['ci_coverage'] * 100:.0f}%)",
             " ".join(f"{x:.2f}" if x is not None else "–" for x in r["per_round"]))
 
 
@@ -410,7 +460,9 @@ md = ["# Gateway benchmark: TLS termination", "",
       "with `ssl_session_cache none; ssl_session_tickets on;`. Same certificate for both (scripts/dev_certs.sh: ECDSA "
       "P-256), TLS 1.2–1.3, ALPN h2 and http/1.1 offered by both; the clients speak HTTP/1.1 to "
       f"https://localhost:PORT/ (SNI sent). {meta['rounds']} interleaved rounds (ours, nginx, ...) of "
-      f"{meta['duration_s']} s per test; medians over rounds; ratios are medians of per-round ratios (min–max).", "",
+      f"{meta['duration_s']} s per test; medians over rounds; ratios are medians of per-round ratios (min–max) "
+      "with a distribution-free confidence interval of the median (order statistics of the per-round ratios, "
+      "binomial method; its coverage in brackets: 95% or more from 6 rounds on, below 6 rounds min–max).", "",
       md_table(["system", "HTTP/2 offered (ALPN)", "OpenSSL client gets", "key exchange", "session tickets sent per handshake"],
                [[f"`{s}`", info[s].get("http2_offered", "–"), info[s].get("openssl_cipher", "–"),
                  info[s].get("openssl_key_exchange", "–"), info[s].get("tickets_per_handshake", "–")] for s in SYSTEMS]),
@@ -423,12 +475,15 @@ md = ["# Gateway benchmark: TLS termination", "",
                [[f"`{s}`", fmt(ka_summary[s]["rps"], 0), fmt(ka_summary[s]["p50_ms"], 3), fmt(ka_summary[s]["p99_ms"], 3),
                  fmt(ka_summary[s]["cpu_s_per_100k"]), ka_summary[s]["errors"]] for s in SYSTEMS]),
       "",
-      md_table(["ratio ours / nginx", "median (min–max)", "per round"],
+      md_table(["ratio ours / nginx", "median (min–max)", "CI of the median (coverage)", "per round"],
                [["req/s", *rfmt(ratios["keepalive_rps"])], ["p99", *rfmt(ratios["keepalive_p99"])],
                 ["CPU / request", *rfmt(ratios["keepalive_cpu_per_req"])]]),
       "",
       f"**Target ours ≥ {TARGET} × nginx req/s: "
-      + ("–" if target_met is None else ("met" if target_met else "not met")) + f"** (median ratio {fmt(ka_ratio, 3)}).",
+      + ("–" if target_met is None else ("met" if target_met else "not met")) + f"** by the median ratio "
+      f"({fmt(ka_ratio, 3)}); by its confidence interval ({rfmt(ratios['keepalive_rps'])[1]}): "
+      + ("–" if ka_ratio is None else "yes" if ratios["keepalive_rps"]["ci_low"] >= TARGET
+         else "no" if ratios["keepalive_rps"]["ci_high"] < TARGET else "undecided") + ".",
       "",
       "## New TLS connections per second (full handshakes)", "",
       f"Bursts of `h2load --h1 -t{meta['hs_threads']} -c{meta['hs_burst']} -n{meta['hs_burst']} -m1 "
@@ -445,7 +500,7 @@ md = ["# Gateway benchmark: TLS termination", "",
                  " ".join(str(x) for x in ((hs[s][0]["tls"], hs[s][0]["cipher"], hs[s][0]["alpn"]) if hs[s] else ()) if x)]
                 for s in SYSTEMS]),
       "",
-      md_table(["ratio ours / nginx", "median (min–max)", "per round"],
+      md_table(["ratio ours / nginx", "median (min–max)", "CI of the median (coverage)", "per round"],
                [["connections/s", *rfmt(ratios["handshakes_per_s"])],
                 ["server CPU / connection", *rfmt(ratios["handshake_server_cpu_per_conn"])]]),
       "",
@@ -516,11 +571,22 @@ for sys in ours ours+log ours-norl ours+case bare nginx haproxy; do
   [[ "$code" == 200 ]] || log_die "$sys answered $code"
 done
 
+# The main part's order (see the header): per round ours and bare twice, symmetric about the
+# middle, and one secondary system in the middle, the secondaries in turn.
+SECONDARIES=(ours+log ours-norl ours+case nginx haproxy direct)
+
+# The machine, as bench.md states it: CPU model (with family/model/stepping: the VM's model
+# name is only "AMD EPYC"), nproc, kernel, hypervisor, memory.
+cpu_id=$(lscpu 2>/dev/null | awk -F': *' '/^CPU family/ {f = $2} /^Model:/ {m = $2} /^Stepping/ {s = $2}
+  END {if (f != "") printf "family %s model %s stepping %s", f, m, s}')
+hypervisor=$(lscpu 2>/dev/null | awk -F': *' '/^Hypervisor vendor/ {print $2}')
 cat >"$RAW/meta.json" <<EOF
 {"date": "$(date -u +%FT%TZ)", "git": "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo -dirty)",
- "host": "$(uname -srm)", "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)",
+ "host": "$(uname -srm)", "kernel": "$(uname -r)", "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)",
+ "cpu_id": "$cpu_id", "hypervisor": "${hypervisor:-none}", "mem_total_gib": $(awk '/^MemTotal/ {printf "%.1f", $2 / 1048576}' /proc/meminfo),
  "load_before": "$(cut -d' ' -f1-3 /proc/loadavg)",
  "rounds": $ROUNDS, "duration_s": $DURATION, "workers": $WORKERS, "connections": $CONNECTIONS,
+ "secondaries": [$(printf '"%s", ' "${SECONDARIES[@]}" | sed 's/, $//')], "warmup_s": $WARMUP,
  "wrk_threads": $WRK_THREADS, "backend_workers": $BACKEND_WORKERS, "sweep_duration_s": $SWEEP_DURATION,
  "clients": $CLIENTS, "client_requests": $CLIENT_REQUESTS, "client_rounds": $CLIENT_ROUNDS,
  "conn_workers": $CONN_WORKERS, "conn_duration_s": $CONN_DURATION, "conn_warm_s": $CONN_WARM, "clk_tck": $CLK_TCK,
@@ -529,24 +595,45 @@ cat >"$RAW/meta.json" <<EOF
 EOF
 
 # --- 1. main comparison ----------------------------------------------------------------------
+# part_done NAME START_MS: appends the part's wall time to timing.tsv.
+printf 'part\tseconds\n' >"$RAW/timing.tsv"
+part_done() { printf '%s\t%s\n' "$1" "$(secs $(($(now_ms) - $2)))" >>"$RAW/timing.tsv"; }
+part_done setup "$RUN_T0"
+t_part=$(now_ms)
 log "warm-up: ${WARMUP}s per system"
 for sys in "${SYSTEMS[@]}"; do
   run_wrk "$sys" "$CONNECTIONS" "$WARMUP" "$RAW/warmup_$sys.txt" >/dev/null
 done
 
-printf 'system\tround\tfile\tticks\thwm_kb\trss_kb\n' >"$RAW/main.tsv"
+# /proc/stat's cpu line before and after: the report states the steal time and how busy the
+# CPUs were.
+head -n 1 /proc/stat >"$RAW/stat_main_start"
+printf 'system\tround\tslot\tfile\tticks\thwm_kb\trss_kb\n' >"$RAW/main.tsv"
 for ((r = 1; r <= ROUNDS; r++)); do
-  for sys in "${SYSTEMS[@]}"; do
-    log "main: round $r/$ROUNDS $sys (wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s)"
-    f="$RAW/main_${sys}_$r.txt"
+  nsec=${#SECONDARIES[@]}
+  sec=${SECONDARIES[$(((r - 1) % nsec))]}
+  # ours first or bare first in turn, shifted by one every cycle of the secondaries (so that
+  # each secondary has ours and bare as neighbours in turn, with an even number of them too).
+  if ((((r - 1) + (r - 1) / nsec) % 2 == 0)); then
+    order=(ours bare "$sec" bare ours)
+  else
+    order=(bare ours "$sec" ours bare)
+  fi
+  log "main: round $r/$ROUNDS: ${order[*]} (wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s each)"
+  for ((i = 0; i < ${#order[@]}; i++)); do
+    sys=${order[$i]}
+    f="$RAW/main_${sys}_${r}_$i.txt"
     ticks=$(run_wrk "$sys" "$CONNECTIONS" "$DURATION" "$f")
-    printf '%s\t%d\t%s\t%d\t%d\t%d\n' "$sys" "$r" "$f" "$ticks" \
+    printf '%s\t%d\t%d\t%s\t%d\t%d\t%d\n' "$sys" "$r" "$i" "$f" "$ticks" \
       "$(status_kb "${SYS_PID[$sys]}" VmHWM)" "$(status_kb "${SYS_PID[$sys]}" VmRSS)" >>"$RAW/main.tsv"
   done
 done
+head -n 1 /proc/stat >"$RAW/stat_main_end"
+part_done main "$t_part"
 
 # --- 2. latency against load -----------------------------------------------------------------
 printf 'system\tconnections\tfile\tticks\n' >"$RAW/sweep.tsv"
+t_part=$(now_ms)
 if ((DO_SWEEP)); then
   for c in "${SWEEP_CONNECTIONS[@]}"; do
     for sys in ours bare nginx haproxy direct; do
@@ -559,7 +646,9 @@ if ((DO_SWEEP)); then
 fi
 
 # --- 3. many distinct clients ----------------------------------------------------------------
+((DO_SWEEP)) && part_done sweep "$t_part"
 printf 'system\tround\tfile\tticks\thwm_kb\trss_kb\n' >"$RAW/clients.tsv"
+t_part=$(now_ms)
 if ((DO_CLIENTS)); then
   # Each (round, system) gets its own block of addresses, so every limiter sees new clients.
   block=0
@@ -584,7 +673,9 @@ fi
 # Counted at the backends: nginx stub_status `accepts` and `requests` (each read is itself one
 # connection and one request per backend, subtracted). `cold` spans a fresh proxy's whole run,
 # pool filling included; `steady` is a window inside the same run, after CONN_WARM seconds.
+((DO_CLIENTS)) && part_done clients "$t_part"
 printf 'system\tphase\tfile\tnew\trequests\tmetric_new\n' >"$RAW/conns.tsv"
+t_part=$(now_ms)
 if ((DO_CONNS)); then
   # Only the proxy being measured may talk to the backends meanwhile: stop the others (and
   # their health checks).
@@ -641,15 +732,27 @@ if ((DO_CONNS)); then
   done
 fi
 
-log "report"
-python3 "$HERE/bench_report.py" --raw "$RAW" --out "$OUT"
+((DO_CONNS)) && part_done conns "$t_part"
 
 # --- 5. memory per idle connection ---------------------------------------------------------
+mem_ok=1
 if ((DO_MEMORY)); then
+  t_part=$(now_ms)
   # Nothing of the parts above may hold memory or ports meanwhile: stop every process of theirs.
   for pid in ${PIDS[@]+"${PIDS[@]}"}; do
     stop_pid "$pid"
   done
   log "memory: loadtest/bench_memory.sh"
-  "$HERE/bench_memory.sh" --no-build --out "$OUT" || log_die "memory part failed"
+  "$HERE/bench_memory.sh" --no-build --out "$OUT" || {
+    mem_ok=0
+    log "memory part failed"
+  }
+  part_done memory "$t_part"
 fi
+
+log "report"
+head -n 1 /proc/stat >"$RAW/stat_end"
+printf '{"load_after": "%s", "elapsed_s": %s}\n' "$(cut -d' ' -f1-3 /proc/loadavg)" \
+  "$(secs $(($(now_ms) - RUN_T0)))" >"$RAW/after.json"
+python3 "$HERE/bench_report.py" --raw "$RAW" --out "$OUT"
+((mem_ok)) || log_die "memory part failed"

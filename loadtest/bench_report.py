@@ -4,8 +4,18 @@
   python3 loadtest/bench_report.py --raw RAW_DIR --out loadtest/results
 
 Reads RAW_DIR/{meta.json, main.tsv, sweep.tsv, clients.tsv, conns.tsv} and the wrk / client
-outputs they name; writes OUT/bench.md (also printed), bench.json, bench.csv (main table),
-latency_sweep.csv and latency_sweep.png (when there is sweep data).
+outputs they name (and, when present, after.json, timing.tsv and the /proc/stat snapshots
+stat_main_start, stat_main_end, stat_end); writes OUT/bench.md (also printed), bench.json,
+bench.csv (main table), latency_sweep.csv and latency_sweep.png (when there is sweep data).
+
+Main part: main.tsv has one row per wrk run (slot); a system's slots of one round are pooled
+(req/s = requests / seconds, CPU = ticks / requests, p50/p99 = mean of the slots'). Every ratio
+is computed per round, then summarised by the median of the per-round ratios, their min-max and
+a distribution-free 95% confidence interval of the median: the order statistics x(k), x(n+1-k)
+of the n per-round ratios with the largest k for which 2 P(Binomial(n, 1/2) <= k-1) <= 0.05
+(the binomial / sign-test interval; its exact coverage is reported, and is below 95% when
+n < 6: then the interval is min-max). A ratio resolves a 5% difference when the interval's
+half-width is <= 2.5% of the median (and the coverage is >= 95%).
 """
 
 import argparse
@@ -14,6 +24,7 @@ import json
 import re
 import statistics
 import sys
+from math import comb
 from pathlib import Path
 
 OURS = "ours"
@@ -25,6 +36,13 @@ RATIOS = [  # (label, numerator system, denominator system)
     ("ours / ours-norl (rate limiter)", "ours", "ours-norl"),
     ("ours+case / ours (header case kept)", "ours+case", "ours"),
     ("bare / nginx", "bare", "nginx"),
+]
+METRICS = [("rps", "req/s"), ("cpu_s_per_100k", "CPU / req"), ("p50_ms", "p50"), ("p99_ms", "p99")]
+LEVEL = 0.95
+RESOLVE = 0.025  # CI half-width (fraction of the median) that resolves a 5% difference
+TARGETS = [  # (ratio label, metric, ">=" or "<=", bound): verdicts from the CI
+    ("ours / bare", "rps", ">=", 0.90),
+    ("ours / bare", "p99_ms", "<=", 1.10),
 ]
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -72,6 +90,54 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def median_ci(values, level=LEVEL):
+    """Distribution-free CI of the median: (low, high, coverage) from the order statistics.
+
+    x(k) .. x(n+1-k) (1-based, sorted) covers the population median with probability
+    1 - 2 P(Bin(n, 1/2) <= k-1); k is the largest with that >= level, or 1 when none is (n < 6
+    for 95%: then min-max with its lower coverage).
+    """
+    v = sorted(x for x in values if x is not None)
+    n = len(v)
+    if not n:
+        return None, None, None
+    tail = (1 - level) / 2
+    cdf = 0.0  # P(Bin(n, 1/2) <= k-1)
+    k, cov_k = 1, 1 - 2 * comb(n, 0) / 2 ** n
+    for kk in range(1, (n + 1) // 2 + 1):
+        cdf_kk = cdf + comb(n, kk - 1) / 2 ** n
+        if cdf_kk > tail:
+            break
+        k, cov_k, cdf = kk, 1 - 2 * cdf_kk, cdf_kk
+    return v[k - 1], v[n - k], max(cov_k, 0.0)
+
+
+def ratio_stats(per_round):
+    """Median, spread and the median's CI of per-round ratios, and whether 5% is resolved."""
+    v = [x for x in per_round if x is not None]
+    if not v:
+        return {"n": 0, "median": None, "ci_low": None, "ci_high": None, "ci_coverage": None,
+                "min": None, "max": None, "ci_half_width_pct": None, "resolves_5pct": None,
+                "per_round": []}
+    med = statistics.median(v)
+    lo, hi, cov = median_ci(v)
+    hw = (hi - lo) / 2 / med if med else None
+    return {"n": len(v), "median": med, "ci_low": lo, "ci_high": hi, "ci_coverage": cov,
+            "min": min(v), "max": max(v), "ci_half_width_pct": None if hw is None else hw * 100,
+            "resolves_5pct": bool(hw is not None and hw <= RESOLVE and cov >= LEVEL),
+            "per_round": [round(x, 4) for x in per_round]}
+
+
+def verdict(st, op, bound):
+    """yes / no / undecided: is the ratio's median op bound, judged by its CI?"""
+    if not st or st["median"] is None or st["ci_coverage"] < LEVEL:
+        return "undecided"
+    lo, hi = st["ci_low"], st["ci_high"]
+    if op == ">=":
+        return "yes" if lo >= bound else "no" if hi < bound else "undecided"
+    return "yes" if hi <= bound else "no" if lo > bound else "undecided"
+
+
 def cpu_per_100k(ticks, requests, clk_tck):
     if not requests:
         return None
@@ -95,24 +161,40 @@ def md_table(headers, rows):
 
 def main_section(raw, meta):
     clk = meta["clk_tck"]
-    rounds = {}  # system -> list of per-round dicts
+    slots = {}  # system -> round -> list of per-slot dicts
     for row in read_tsv(raw / "main.tsv"):
         w = parse_wrk(row["file"])
-        w["round"] = int(row["round"])
-        w["cpu_s_per_100k"] = cpu_per_100k(int(row["ticks"]), w["requests"], clk)
+        w["ticks"] = int(row["ticks"])
         w["hwm_kb"] = int(row["hwm_kb"])
         w["rss_kb"] = int(row["rss_kb"])
-        rounds.setdefault(row["system"], []).append(w)
+        slots.setdefault(row["system"], {}).setdefault(int(row["round"]), []).append(w)
+    rounds = {}  # system -> list of per-round dicts (its slots pooled)
+    for system, by_round in slots.items():
+        for rnd, ws in sorted(by_round.items()):
+            req = sum(w["requests"] for w in ws)
+            secs = [w["seconds"] for w in ws]
+            rps = req / sum(secs) if all(secs) else statistics.mean(w["rps"] for w in ws)
+            p50 = [w["p50_ms"] for w in ws if w["p50_ms"] is not None]
+            p99 = [w["p99_ms"] for w in ws if w["p99_ms"] is not None]
+            rounds.setdefault(system, []).append({
+                "round": rnd, "slots": len(ws), "requests": req, "rps": rps,
+                "p50_ms": statistics.mean(p50) if p50 else None,
+                "p99_ms": statistics.mean(p99) if p99 else None,
+                "cpu_s_per_100k": cpu_per_100k(sum(w["ticks"] for w in ws), req, clk),
+                "hwm_kb": max(w["hwm_kb"] for w in ws), "rss_kb": ws[-1]["rss_kb"],
+                "errors": sum(w["non2xx"] + w["socket_errors"] for w in ws)})
     summary = {}
     for system, rs in rounds.items():
         summary[system] = {
+            "rounds_measured": len(rs),
+            "slots": sum(r["slots"] for r in rs),
             "rps": median([r["rps"] for r in rs]),
             "p50_ms": median([r["p50_ms"] for r in rs]),
             "p99_ms": median([r["p99_ms"] for r in rs]),
             "cpu_s_per_100k": median([r["cpu_s_per_100k"] for r in rs]),
             "peak_rss_mb": max(r["hwm_kb"] for r in rs) / 1024,
             "requests": sum(r["requests"] for r in rs),
-            "errors": sum(r["non2xx"] + r["socket_errors"] for r in rs),
+            "errors": sum(r["errors"] for r in rs),
             "rounds": rs,
         }
     ratios = []
@@ -120,18 +202,93 @@ def main_section(raw, meta):
         if a not in rounds or b not in rounds:
             continue
         by_round_b = {r["round"]: r for r in rounds[b]}
-        per = {"rps": [], "cpu_s_per_100k": [], "p50_ms": [], "p99_ms": []}
+        per = {k: [] for k, _ in METRICS}
+        paired = []
         for ra in rounds[a]:
             rb = by_round_b.get(ra["round"])
             if not rb:
                 continue
+            paired.append(ra["round"])
             for k in per:
-                if ra[k] and rb[k]:
-                    per[k].append(ra[k] / rb[k])
-        ratios.append({"label": label, "numerator": a, "denominator": b,
-                       **{k: median(v) for k, v in per.items()},
-                       "rps_per_round": [round(x, 3) for x in per["rps"]]})
+                per[k].append(ra[k] / rb[k] if ra[k] and rb[k] else None)
+        stats = {k: ratio_stats(v) for k, v in per.items()}
+        ratios.append({"label": label, "numerator": a, "denominator": b, "rounds": paired,
+                       **{k: stats[k]["median"] for k in per},
+                       "stats": stats,
+                       "rps_per_round": [round(x, 3) for x in per["rps"] if x is not None]})
     return summary, ratios
+
+
+def cpu_stat(path):
+    """(total, idle+iowait, steal) jiffies from a saved /proc/stat cpu line, or None."""
+    try:
+        f = [int(x) for x in path.read_text().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(f), f[3] + f[4], f[7]
+
+
+def cpu_usage(raw, start, end):
+    """Steal and busy (not idle, not stolen) shares of all CPUs between two snapshots."""
+    a, b = cpu_stat(raw / start), cpu_stat(raw / end)
+    if not a or not b or b[0] <= a[0]:
+        return None
+    total = b[0] - a[0]
+    steal = b[2] - a[2]
+    return {"steal_pct": steal / total * 100,
+            "busy_pct": (total - (b[1] - a[1]) - steal) / total * 100}
+
+
+def ratios_md(ratios):
+    """The ratio part of bench.md: target verdicts, the ratio table, per-round req/s ratios.
+
+    Takes main_section's ratios (or bench.json's "ratios"); returns (lines, verdicts)."""
+    def r3(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    md = []
+    by_label = {r["label"]: r for r in ratios}
+    verdicts = []
+    for label, metric, op, bound in TARGETS:
+        if label in by_label:
+            st = by_label[label]["stats"][metric]
+            name = dict(METRICS)[metric]
+            sym = {">=": "≥", "<=": "≤"}[op]
+            verdicts.append({"ratio": label, "metric": metric, "op": op, "bound": bound,
+                             "verdict": verdict(st, op, bound), "median": st["median"],
+                             "ci_low": st["ci_low"], "ci_high": st["ci_high"]})
+            md.append(f"**{label} {name} meets {sym} {bound:.2f}: {verdicts[-1]['verdict']}** "
+                      f"(median {r3(st['median'])}, 95% CI {r3(st['ci_low'])}–{r3(st['ci_high'])}, "
+                      f"{st['n']} rounds; yes = the whole interval {sym} {bound:.2f}, no = the whole "
+                      "interval on the other side, undecided = the interval contains it).")
+            md.append("")
+    md.append(
+        "Ratios: the median of the per-round ratios (req/s > 1 is better for the numerator, CPU and "
+        "latency < 1 are better), a distribution-free 95% confidence interval of that median (order "
+        "statistics of the per-round ratios, binomial method: x(k)..x(n+1-k) with the largest k whose "
+        "coverage 1 − 2·P(Bin(n, ½) ≤ k−1) is ≥ 95%; no bootstrap), its half-width in % of the median, "
+        "and the spread (min–max). **Resolves 5%**: the half-width is ≤ 2.5% (a 5% difference "
+        "between the systems would not fit inside the interval).")
+    md.append("")
+    rows = []
+    for r in ratios:
+        for i, (k, name) in enumerate(METRICS):
+            st = r["stats"][k]
+            if st["median"] is None:
+                rows.append([r["label"] if i == 0 else "", name, 0, "–", "–", "–", "–", "–"])
+                continue
+            cov = "" if st["ci_coverage"] >= LEVEL else f" ({st['ci_coverage'] * 100:.0f}% only)"
+            rows.append([r["label"] if i == 0 else "", name, st["n"], f"**{st['median']:.3f}**",
+                         f"{st['ci_low']:.3f}–{st['ci_high']:.3f}{cov}",
+                         f"±{st['ci_half_width_pct']:.2f}%", f"{st['min']:.3f}–{st['max']:.3f}",
+                         "yes" if st["resolves_5pct"] else
+                         "no" if st["ci_coverage"] >= LEVEL else "no (< 6 rounds)"])
+    md.append(md_table(["ratio", "metric", "rounds", "median", "95% CI of the median", "CI half-width",
+                        "min–max", "resolves 5%"], rows))
+    md += ["", "Per-round req/s ratios (in round order):", ""]
+    md.append(md_table(["ratio", "req/s per round"],
+                       [[r["label"], " ".join(f"{x:.2f}" for x in r["rps_per_round"])] for r in ratios]))
+    return md, verdicts
 
 
 def sweep_section(raw, meta):
@@ -243,17 +400,53 @@ def main():
     clients = clients_section(args.raw, meta)
     conns = conns_section(args.raw)
 
+    after = {}
+    if (args.raw / "after.json").exists():
+        after = json.loads((args.raw / "after.json").read_text())
+    meta.update(after)
+    timing = read_tsv(args.raw / "timing.tsv")
+    usage_main = cpu_usage(args.raw, "stat_main_start", "stat_main_end")
+    usage_all = cpu_usage(args.raw, "stat_main_start", "stat_end")
+    meta["cpu_usage_main"], meta["cpu_usage_after_setup"] = usage_main, usage_all
+    meta["timing_s"] = {t["part"]: float(t["seconds"]) for t in timing}
+
     md = ["# Gateway benchmark", ""]
-    md.append(
-        f"{meta['date']} · git {meta['git']} · {meta['host']} · {meta['cpus']} CPUs "
-        f"({meta['cpu_model']}) · load before {meta['load_before']} · nginx {meta['versions']['nginx']}, "
-        f"HAProxy {meta['versions']['haproxy']}, wrk {meta['versions']['wrk']}, rustc {meta['versions']['rustc']}")
+    v = meta["versions"]
+    machine = (f"**Machine:** {meta['cpu_model']}"
+               + (f" ({meta['cpu_id']})" if meta.get("cpu_id") else "")
+               + f", {meta['cpus']} CPUs (`nproc`)"
+               + (f", {meta['hypervisor']} guest" if meta.get("hypervisor") not in (None, "", "none") else "")
+               + (f", {meta['mem_total_gib']} GiB RAM" if meta.get("mem_total_gib") else "")
+               + f", kernel {meta.get('kernel') or meta['host']} ({meta['host'].split()[-1]})"
+               + f" · load average (1/5/15 min) before {meta['load_before']}"
+               + (f", after {meta['load_after']}" if meta.get("load_after") else ""))
+    if usage_main:
+        machine += (f" · during the main part: CPUs {usage_main['busy_pct']:.0f}% busy, "
+                    f"{usage_main['steal_pct']:.1f}% stolen by the hypervisor")
+    md.append(machine)
     md.append("")
+    md.append(f"{meta['date']} · git {meta['git']} · nginx {v['nginx']}, HAProxy {v['haproxy']}, "
+              f"wrk {v['wrk']}, rustc {v['rustc']}")
+    if meta.get("elapsed_s") is not None:
+        parts = " · ".join(f"{t['part']} {float(t['seconds']):.0f} s" for t in timing)
+        md += ["", f"Wall time of the run: {meta['elapsed_s'] / 60:.1f} min ({parts})."]
+    md.append("")
+    secondaries = meta.get("secondaries")
+    if secondaries:
+        design = (
+            f"{meta['rounds']} rounds of 5 back-to-back `wrk` slots of {meta['duration_s']} s: `ours bare S "
+            "bare ours` or `bare ours S ours bare` (in turn): ours and bare twice per round, symmetric "
+            "about its middle (a drift within the round cancels out of their ratio), and in the middle "
+            "one secondary system S, the secondaries in turn ("
+            + ", ".join(f"`{x}`" for x in secondaries)
+            + f"): each is measured in one round out of {len(secondaries)}. Per round a system's slots "
+            "are pooled; per system the median over its rounds.")
+    else:
+        design = f"{meta['rounds']} interleaved rounds of {meta['duration_s']} s; medians over rounds."
     md.append(
         f"Each proxy: {meta['workers']} worker(s)/thread(s), round robin over 2 nginx backends "
         f"(`return 200 \"ok\"`, {meta['backend_workers']} worker(s) each), upstream keepalive, "
-        f"X-Forwarded-For. wrk -t{meta['wrk_threads']} -c{meta['connections']}, "
-        f"{meta['rounds']} interleaved rounds of {meta['duration_s']} s; medians over rounds. "
+        f"X-Forwarded-For. wrk -t{meta['wrk_threads']} -c{meta['connections']}. " + design + " "
         "CPU = utime+stime of the proxy's processes per 100k requests; peak RSS = VmHWM "
         "(summed over nginx's master and workers). `direct` = wrk straight to backend 1.")
     md.append("")
@@ -263,24 +456,22 @@ def main():
         if s not in summary:
             continue
         v = summary[s]
-        rows.append([f"`{s}`", fmt(v["rps"], 0), fmt(v["p50_ms"], 3), fmt(v["p99_ms"], 3),
-                     fmt(v["cpu_s_per_100k"], 2), fmt(v["peak_rss_mb"], 1), fmt(v["errors"])])
-        csv_rows.append({"system": s, "rps_median": round(v["rps"] or 0, 1),
+        rows.append([f"`{s}`", v["rounds_measured"], fmt(v["rps"], 0), fmt(v["p50_ms"], 3),
+                     fmt(v["p99_ms"], 3), fmt(v["cpu_s_per_100k"], 2), fmt(v["peak_rss_mb"], 1),
+                     fmt(v["errors"])])
+        csv_rows.append({"system": s, "rounds": v["rounds_measured"],
+                         "rps_median": round(v["rps"] or 0, 1),
                          "p50_ms": round(v["p50_ms"], 3) if v["p50_ms"] else None,
                          "p99_ms": round(v["p99_ms"], 3) if v["p99_ms"] else None,
                          "cpu_s_per_100k": round(v["cpu_s_per_100k"] or 0, 4),
                          "peak_rss_mb": round(v["peak_rss_mb"], 2), "requests": v["requests"],
                          "errors": v["errors"]})
-    md.append(md_table(["system", "req/s", "p50 ms", "p99 ms", "CPU s / 100k req",
+    md.append(md_table(["system", "rounds", "req/s", "p50 ms", "p99 ms", "CPU s / 100k req",
                         "peak RSS MB", "errors"], rows))
     md.append("")
-    md.append("Ratios (medians of per-round ratios; req/s > 1 is better for the numerator, "
-              "CPU and latency < 1 are better):")
-    md.append("")
-    md.append(md_table(["ratio", "req/s", "CPU / req", "p50", "p99", "req/s per round"],
-                       [[r["label"], fmt(r["rps"], 3), fmt(r["cpu_s_per_100k"], 3),
-                         fmt(r["p50_ms"], 3), fmt(r["p99_ms"], 3),
-                         " ".join(f"{x:.2f}" for x in r["rps_per_round"])] for r in ratios]))
+
+    lines, meta["verdicts"] = ratios_md(ratios)
+    md += lines
 
     if sweep:
         md += ["", f"## Latency vs load ({meta['sweep_duration_s']} s per point)", "",
