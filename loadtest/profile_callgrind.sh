@@ -537,7 +537,7 @@ capabilities = [
         ("`Router::find` with one catch-all route", "+ratelimit", r"^proxy::routing::Router::find$", -1)]),
     ("+redis", "+redis", "+ratelimit", [
         ("the check's command (`redis::cmd::Cmd::query_async`: EVALSHA built, queued, answer awaited and decoded)", "+redis", r"^redis::cmd::Cmd::query_async::\{\{closure\}\}$", 1),
-        ("`SharedStore::key` (the client's key, `format!`)", "+redis", r"^proxy::limits::shared_store::SharedStore::key$", 1),
+        ("`SharedStore::key` (the client's key)", "+redis", r"^proxy::limits::shared_store::SharedStore::key$", 1),
         ("the connection's pipeline task (`futures_util::Forward` into `PipelineSink`: writing commands, reading and parsing replies)", "+redis", r"^<futures_util::stream::stream::forward::Forward<St,Si,Item> as core::future::future::Future>::poll$", 1),
         ("the local `RateLimiter::check_at` it replaces", "+ratelimit", r"^proxy::limits::sliding_window::RateLimiter::check_at$", -1)]),
     ("+log", "+log", "+ratelimit", [

@@ -471,3 +471,31 @@ async fn sporadic_failures_below_the_threshold_eject_nothing() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_elsewhere_and_counted_by_reason() {
+    let (a, mut gone) = (Backend::start("a"), Backend::start("gone"));
+    // Health checks an hour apart: the killed backend stays in rotation, so requests meet its
+    // refused connections. No ejection, so every one of them does.
+    let config = format!(
+        "{NO_LIMIT}{}[upstream.health_check]\ninterval_ms = 3600000\n",
+        outlier(0, 30, 50)
+    );
+    let proxy = Proxy::start(&[&gone, &a], &config).await;
+    gone.kill();
+    for _ in 0..6 {
+        let r = send(&proxy, "GET", "/").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(answered_by(&r), "a");
+    }
+    let m = proxy.metrics().await;
+    let connect_errors = m.sum("gateway_upstream_errors_total", &[("kind", "connect")]);
+    assert!(connect_errors >= 1.0, "{}", m.text);
+    assert_eq!(
+        m.sum("gateway_retries_total", &[("reason", "connect-failure")]),
+        connect_errors,
+        "every refused connection was retried, counted under its reason"
+    );
+    assert_eq!(m.sum("gateway_retries_total", &[("reason", "reset")]), 0.0);
+    assert_eq!(m.sum("gateway_retries_budget_exhausted_total", &[]), 0.0);
+}
