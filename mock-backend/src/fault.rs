@@ -22,13 +22,17 @@ pub const DEFAULT_RESET: bool = false;
 
 /// A validated fault: `rate` of the faultable requests answer `status` after `delay_ms`, or with
 /// `reset` get no answer at all: their connection is reset after `delay_ms` (`status` is then
-/// unused, but kept so the fault still serializes as its `PUT` body).
+/// unused, but kept so the fault still serializes as its `PUT` body). With a `seed`, which
+/// requests are hit is a fixed sequence from the moment the fault is set, so a test or a demo
+/// can replay the same pattern.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Fault {
     pub status: u16,
     pub rate: f64,
     pub delay_ms: u64,
     pub reset: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// The body of `PUT /_mock/fault`: every field optional, nothing else allowed (a misspelt field
@@ -40,6 +44,7 @@ struct FaultBody {
     rate: Option<f64>,
     delay_ms: Option<u64>,
     reset: Option<bool>,
+    seed: Option<u64>,
 }
 
 impl Fault {
@@ -62,7 +67,13 @@ impl Fault {
             rate,
             delay_ms,
             reset,
+            seed: None,
         })
+    }
+
+    /// The same fault with its draws replayed from `seed` (or random again with `None`).
+    pub fn with_seed(self, seed: Option<u64>) -> Self {
+        Self { seed, ..self }
     }
 
     /// From optional parts, the missing ones defaulted (status 500, rate 1.0, no delay, no
@@ -89,15 +100,19 @@ impl Fault {
                 rate: None,
                 delay_ms: None,
                 reset: None,
+                seed: None,
             }
         } else {
             serde_json::from_slice(body).map_err(|e| {
                 format!(
-                    "body must be a JSON object with optional \"status\", \"rate\", \"delay_ms\", \"reset\": {e}"
+                    "body must be a JSON object with optional \"status\", \"rate\", \"delay_ms\", \"reset\", \"seed\": {e}"
                 )
             })?
         };
-        Self::with_defaults(body.status, body.rate, body.delay_ms, body.reset)
+        Ok(
+            Self::with_defaults(body.status, body.rate, body.delay_ms, body.reset)?
+                .with_seed(body.seed),
+        )
     }
 
     pub fn to_json(self) -> serde_json::Value {
@@ -127,7 +142,10 @@ impl FaultSwitch {
     pub fn new(initial: Option<Fault>) -> Self {
         Self {
             current: ArcSwapOption::new(initial.map(Arc::new)),
-            rng: Rng::from_entropy(),
+            rng: match initial.and_then(|f| f.seed) {
+                Some(seed) => Rng::new(seed),
+                None => Rng::from_entropy(),
+            },
         }
     }
 
@@ -135,7 +153,11 @@ impl FaultSwitch {
         self.current.load().as_deref().copied()
     }
 
+    /// Puts `fault` in force; a seeded one restarts the draws from its seed first.
     pub fn set(&self, fault: Option<Fault>) {
+        if let Some(seed) = fault.and_then(|f| f.seed) {
+            self.rng.reseed(seed);
+        }
         self.current.store(fault.map(Arc::new));
     }
 
@@ -162,6 +184,10 @@ impl Rng {
     /// Seeded from the per-process random keys std uses for `HashMap`.
     pub fn from_entropy() -> Self {
         Self::new(RandomState::new().hash_one(0x6d6f_636b_u64))
+    }
+
+    pub fn reseed(&self, seed: u64) {
+        self.0.store(seed, Ordering::Relaxed);
     }
 
     pub fn next_u64(&self) -> u64 {
@@ -199,6 +225,7 @@ mod tests {
             rate: 1.0,
             delay_ms: 0,
             reset: false,
+            seed: None,
         };
         assert_eq!(Fault::from_json(b"{}"), Ok(all_defaults));
         assert_eq!(Fault::from_json(b""), Ok(all_defaults));
@@ -214,6 +241,7 @@ mod tests {
                 rate: 1.0,
                 delay_ms: 300,
                 reset: false,
+                seed: None,
             })
         );
         assert_eq!(
@@ -223,6 +251,7 @@ mod tests {
                 rate: 0.0,
                 delay_ms: 0,
                 reset: false,
+                seed: None,
             })
         );
     }
@@ -250,6 +279,9 @@ mod tests {
             r#"{"reset": 1}"#,
             r#"{"reset": "yes"}"#,
             r#"{"reset": true, "status": 600}"#,
+            r#"{"seed": -1}"#,
+            r#"{"seed": 1.5}"#,
+            r#"{"seed": "6"}"#,
         ] {
             assert!(
                 Fault::from_json(body.as_bytes()).is_err(),
@@ -330,5 +362,24 @@ mod tests {
         switch.set(None);
         assert_eq!(switch.get(), None);
         assert_eq!(switch.draw(), None);
+    }
+
+    #[test]
+    fn a_seeded_fault_replays_the_same_pattern_each_time_it_is_set() {
+        let switch = FaultSwitch::new(None);
+        let fault = Fault::from_json(br#"{"rate": 0.3, "seed": 6}"#).unwrap();
+        assert_eq!(fault.seed, Some(6));
+        assert_eq!(
+            Fault::from_json(fault.to_json().to_string().as_bytes()),
+            Ok(fault)
+        );
+        let pattern = |switch: &FaultSwitch| -> Vec<bool> {
+            switch.set(Some(fault));
+            (0..200).map(|_| switch.draw().is_some()).collect()
+        };
+        let first = pattern(&switch);
+        assert_eq!(pattern(&switch), first);
+        let hits = first.iter().filter(|&&hit| hit).count();
+        assert!((40..=80).contains(&hits), "{hits} hits of 200 at rate 0.3");
     }
 }

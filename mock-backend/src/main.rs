@@ -12,13 +12,15 @@
 //!
 //! Fault injection (`/health`, `/stats` and `/_mock/*` are never faulted, so health checks keep
 //! passing):
-//! - `PUT /_mock/fault` with `{"status": 500, "rate": 1.0, "delay_ms": 0, "reset": false}`, every
-//!   field optional (defaults as shown; an empty body counts as `{}`; other fields are refused):
+//! - `PUT /_mock/fault` with `{"status": 500, "rate": 1.0, "delay_ms": 0, "reset": false}` and
+//!   optionally `"seed": N`, every field optional (defaults as shown; an empty body counts as `{}`; other fields are refused):
 //!   from now on each other request, with probability `rate`, waits `delay_ms` and then answers
 //!   `status` with `{"backend": NAME, "fault": true, "status": N}` (no body for 1xx, 204 and 304;
 //!   hyper cannot send a final 1xx and answers those 500) and the header `x-mock-fault: true`.
 //!   `status` must be within 100..=599 (200 with a delay makes a slow but healthy backend),
-//!   `rate` within 0.0..=1.0, `delay_ms` at most 600000, `reset` a bool. Answers 200 with the
+//!   `rate` within 0.0..=1.0, `delay_ms` at most 600000, `reset` a bool, `seed` an unsigned
+//!   integer: with it, which requests are hit is the same sequence each time the fault is set
+//!   (a replayable pattern for tests and demos; without it, random). Answers 200 with the
 //!   fault now in force; bad JSON or values get 400 `{"error": ...}` and leave the fault as it
 //!   was.
 //! - With `"reset": true` a faulted request gets no answer at all: after `delay_ms` its
@@ -28,8 +30,8 @@
 //!   with it.
 //! - `GET /_mock/fault`    200, the fault in force or `null`.
 //! - `DELETE /_mock/fault` 200 `null`: no fault any more.
-//! - `--fault-status CODE`, `--fault-rate SHARE`, `--fault-delay-ms MS`, `--fault-reset`: start
-//!   with a fault; any of them turns it on, with the defaults above for the rest.
+//! - `--fault-status CODE`, `--fault-rate SHARE`, `--fault-delay-ms MS`, `--fault-reset`,
+//!   `--fault-seed N`: start with a fault; any of them turns it on, with the defaults above for the rest.
 //!
 //! Faulted requests, resets included, count in `requests`, `faulted` and `paths` like any other.
 //!
@@ -108,6 +110,10 @@ struct Cli {
     /// status is then unused.
     #[arg(long)]
     fault_reset: bool,
+    /// Start with a fault whose hits follow the fixed sequence of this seed (replayable) rather
+    /// than a random one.
+    #[arg(long, value_name = "N")]
+    fault_seed: Option<u64>,
     /// Serve HTTPS with this PEM certificate chain (leaf first). Needs --tls-key.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -123,6 +129,7 @@ impl Cli {
             && self.fault_rate.is_none()
             && self.fault_delay_ms.is_none()
             && !self.fault_reset
+            && self.fault_seed.is_none()
         {
             return Ok(None);
         }
@@ -132,7 +139,7 @@ impl Cli {
             self.fault_delay_ms,
             Some(self.fault_reset),
         )
-        .map(Some)
+        .map(|fault| Some(fault.with_seed(self.fault_seed)))
     }
 
     /// The TLS acceptor for `--tls-cert`/`--tls-key`: none without them (clap has already
