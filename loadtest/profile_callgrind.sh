@@ -31,7 +31,9 @@
 #
 # Older systems, kept: ours (production features, access log off, no [[routes]]), ours+log,
 # ours-norl (limiter off), ours+case (headers.preserve_case = true), ours+1route (one catch-all
-# [[routes]]), ours+50routes (50 routes, the request takes the one tried last).
+# [[routes]]), ours+50routes (50 routes, the request takes the one tried last); and bare+tls
+# (bare Pingora with its own rustls listener, the same certificate as +tls: what TLS costs a
+# Pingora proxy without our terminator).
 #
 # Output: one line per system on stdout; callgrind files loadtest/results/callgrind/SYSTEM.out
 # (whole run) and SYSTEM.out.1 (the counted window) for callgrind_annotate.
@@ -41,7 +43,7 @@ command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y val
 source scripts/lib.sh
 
 TABLE_SYSTEMS=(bare base +ratelimit +50routes +redis +log +outlier +tls)
-KNOWN_SYSTEMS=" ${TABLE_SYSTEMS[*]} ours ours+log ours-norl ours+case ours+1route ours+50routes "
+KNOWN_SYSTEMS=" ${TABLE_SYSTEMS[*]} ours ours+log ours-norl ours+case ours+1route ours+50routes bare+tls "
 # What each line of the table adds, and the line it is built on.
 declare -A ADDS=(
   [bare]="bare Pingora round robin (\`proxy/examples/bare_proxy.rs\`)"
@@ -96,7 +98,7 @@ if [[ " ${systems[*]} " == *" +redis "* ]]; then
   log_need redis-server "apt-get install -y redis-server"
   log_need redis-cli "apt-get install -y redis-tools"
 fi
-if [[ " ${systems[*]} " == *" +tls "* ]]; then
+if [[ " ${systems[*]} " == *" +tls "* || " ${systems[*]} " == *" bare+tls "* ]]; then
   log_need openssl "apt-get install -y openssl"
 fi
 
@@ -118,6 +120,14 @@ real_proxy=$PROXY_BIN; real_bare=$BARE_BIN
 ROUTE1=$(routes_toml 1)
 NO_OUTLIER=$'[upstream.outlier]\nconsecutive_failures = 0'
 CERTS=
+
+# make_certs: scripts/dev_certs.sh's CA and certificates in CERTS, made once per run.
+make_certs() {
+  [[ -n $CERTS ]] && return
+  CERTS="$WORK_DIR/certs"
+  timeout 60 "$ROOT/scripts/dev_certs.sh" "$CERTS" >"$WORK_DIR/dev_certs.log" 2>&1 ||
+    log_die "scripts/dev_certs.sh failed: $(tail -n 3 "$WORK_DIR/dev_certs.log")"
+}
 
 # start_system SYS: starts SYS (PROXY_BIN and BARE_BIN are the callgrind wrapper); sets URL.
 start_system() {
@@ -161,12 +171,22 @@ key_prefix = \"gateway:rl:\"" start_ours "$sys" "$port" "$admin" 1 $'true\nstore
     +log) EXTRA_TOML="$ROUTE1"$'\n'"$NO_OUTLIER" start_ours "$sys" "$port" "$admin" 1 true true ;;
     +outlier) EXTRA_TOML=$ROUTE1 start_ours "$sys" "$port" "$admin" 1 true false ;;
     +tls)
-      if [[ -z $CERTS ]]; then
-        CERTS="$WORK_DIR/certs"
-        timeout 60 "$ROOT/scripts/dev_certs.sh" "$CERTS" >"$WORK_DIR/dev_certs.log" 2>&1 ||
-          log_die "scripts/dev_certs.sh failed: $(tail -n 3 "$WORK_DIR/dev_certs.log")"
-      fi
+      make_certs
       READY_PATH=$WRK_PATH EXTRA_TOML=$ROUTE1 start_ours_tls "$sys" "$port" "$admin" "$tls_port" 1 "$CERTS" true
+      URL="https://${SYS_TLS_ADDR[$sys]}$WRK_PATH"
+      return
+      ;;
+    bare+tls)
+      make_certs
+      mkdir -p "$WORK_DIR/$sys"
+      # shellcheck disable=SC2086
+      REAL_BIN=$real_bare spawn "$WORK_DIR/$sys/stdout.log" "$BARE_BIN" --listen "127.0.0.1:$port" \
+        --threads 1 --tls-listen "127.0.0.1:$tls_port" --tls-cert "$CERTS/localhost.pem" \
+        --tls-key "$CERTS/localhost.key" $BACKENDS_ARGS
+      SYS_PID[$sys]=$SPAWNED_PID
+      SYS_TLS_ADDR[$sys]="localhost:$tls_port"
+      wait_serving_tls "https://localhost:$tls_port$WRK_PATH" "$CERTS/ca.pem" "$SPAWNED_PID" \
+        "$WORK_DIR/$sys/stdout.log"
       URL="https://${SYS_TLS_ADDR[$sys]}$WRK_PATH"
       return
       ;;
