@@ -1,95 +1,22 @@
 //! Fault injection, end to end: the real `mock-backend` binary on a loopback port the OS picks,
 //! driven over plain HTTP/1.1 keep-alive connections.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Bound on anything a test waits for (start-up, one response, an exit).
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A running `mock-backend`, killed when dropped.
-struct Backend {
-    child: Child,
-    addr: SocketAddr,
-}
+use common::{request_bytes, run_expecting_exit, take_response, Backend, Response, TIMEOUT};
 
 impl Backend {
-    fn start(extra_args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-backend"))
-            .args(["--listen", "127.0.0.1:0", "--name", "fb"])
-            .args(extra_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mock-backend");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        // Reads stdout to its end (the child's exit), so the pipe never fills; the first
-        // "listening on" line carries the port the OS handed out, printed once bound.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some((_, addr)) = line.split_once(" listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.trim().to_owned());
-                    }
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(TIMEOUT) {
-            Ok(addr) => addr.parse().expect("listen address"),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("mock-backend did not report its address: {e}");
-            }
-        };
-        Self { child, addr }
-    }
-
+    /// A plain HTTP client on a new connection to this backend.
     fn client(&self) -> Client {
         Client::connect(self.addr)
     }
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {} body {:?} is not JSON: {e}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-}
-
-/// A minimal HTTP/1.1 client on one keep-alive connection; responses are framed by
-/// Content-Length (which is all `mock-backend` sends).
+/// A minimal HTTP/1.1 client on one keep-alive connection.
 struct Client {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -112,53 +39,13 @@ impl Client {
     }
 
     fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Response {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
-        if let Some(body) = body {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        req.push_str(body.unwrap_or(""));
-        self.stream.write_all(req.as_bytes()).expect("send");
-
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
+        let req = request_bytes(method, path, "test", body);
+        self.stream.write_all(&req).expect("send");
+        loop {
+            if let Some(response) = take_response(&mut self.buf, method) {
+                return response;
             }
             self.fill();
-        };
-        let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("UTF-8 head");
-        self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let no_body = method == "HEAD" || status == 204 || status == 304;
-        let len = if no_body {
-            0
-        } else {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"))
-        };
-        while self.buf.len() < len {
-            self.fill();
-        }
-        let body = self.buf.drain(..len).collect();
-        Response {
-            status,
-            headers,
-            body,
         }
     }
 
@@ -206,7 +93,7 @@ fn expect_no_answer(client: &mut Client, path: &str) -> Unanswered {
 
 #[test]
 fn full_rate_faults_traffic_but_never_health_stats_or_control() {
-    let backend = Backend::start(&[]);
+    let backend = Backend::start("fb", &[]);
     let mut c = backend.client();
     assert_eq!(c.get("/x").status, 200, "no fault before one is set");
     assert_eq!(c.get("/_mock/fault").json(), serde_json::Value::Null);
@@ -274,7 +161,7 @@ fn full_rate_faults_traffic_but_never_health_stats_or_control() {
 
 #[test]
 fn status_200_with_delay_is_slow_but_healthy() {
-    let backend = Backend::start(&[]);
+    let backend = Backend::start("fb", &[]);
     let mut c = backend.client();
     let put = put_fault(&mut c, r#"{"status": 200, "delay_ms": 200}"#);
     assert_eq!(put.status, 200);
@@ -297,7 +184,7 @@ fn status_200_with_delay_is_slow_but_healthy() {
 
 #[test]
 fn half_rate_faults_about_half() {
-    let backend = Backend::start(&[]);
+    let backend = Backend::start("fb", &[]);
     let mut c = backend.client();
     assert_eq!(
         put_fault(&mut c, r#"{"status": 503, "rate": 0.5}"#).status,
@@ -322,7 +209,7 @@ fn half_rate_faults_about_half() {
 
 #[test]
 fn zero_rate_and_bodyless_statuses() {
-    let backend = Backend::start(&[]);
+    let backend = Backend::start("fb", &[]);
     let mut c = backend.client();
     assert_eq!(put_fault(&mut c, r#"{"rate": 0}"#).status, 200);
     assert!((0..50).all(|_| c.get("/x").status == 200));
@@ -347,7 +234,7 @@ fn zero_rate_and_bodyless_statuses() {
 
 #[test]
 fn bad_input_is_refused_and_keeps_the_fault() {
-    let backend = Backend::start(&[]);
+    let backend = Backend::start("fb", &[]);
     let mut c = backend.client();
     let good = serde_json::json!({"status": 502, "rate": 1.0, "delay_ms": 0, "reset": false});
     assert_eq!(put_fault(&mut c, r#"{"status": 502}"#).json(), good);
@@ -388,7 +275,7 @@ fn bad_input_is_refused_and_keeps_the_fault() {
 
 #[test]
 fn reset_fault_drops_connections_unanswered() {
-    let backend = Backend::start(&[]);
+    let backend = Backend::start("fb", &[]);
     let mut c = backend.client();
     // A keep-alive connection opened and used before the fault, as a proxy's pool would hold.
     let mut pooled = backend.client();
@@ -440,7 +327,7 @@ fn reset_fault_drops_connections_unanswered() {
 
 #[test]
 fn reset_false_answers_the_status() {
-    let backend = Backend::start(&[]);
+    let backend = Backend::start("fb", &[]);
     let mut c = backend.client();
     let put = put_fault(&mut c, r#"{"status": 503, "reset": false}"#);
     assert_eq!(
@@ -454,7 +341,7 @@ fn reset_false_answers_the_status() {
 
 #[test]
 fn fault_flags_start_a_faulty_backend() {
-    let backend = Backend::start(&["--fault-status", "503", "--fault-rate", "1"]);
+    let backend = Backend::start("fb", &["--fault-status", "503", "--fault-rate", "1"]);
     let mut c = backend.client();
     assert_eq!(
         c.get("/_mock/fault").json(),
@@ -467,14 +354,14 @@ fn fault_flags_start_a_faulty_backend() {
     drop(backend);
 
     // One flag is enough; the others take their defaults.
-    let backend = Backend::start(&["--fault-delay-ms", "5"]);
+    let backend = Backend::start("fb", &["--fault-delay-ms", "5"]);
     assert_eq!(
         backend.client().get("/_mock/fault").json(),
         serde_json::json!({"status": 500, "rate": 1.0, "delay_ms": 5, "reset": false})
     );
     drop(backend);
 
-    let backend = Backend::start(&["--fault-reset"]);
+    let backend = Backend::start("fb", &["--fault-reset"]);
     let mut c = backend.client();
     assert_eq!(
         c.get("/_mock/fault").json(),
@@ -492,25 +379,8 @@ fn bad_fault_flags_refuse_to_start() {
         ["--fault-status", "600"],
         ["--fault-delay-ms", "600001"],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-backend"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mock-backend");
-        let deadline = Instant::now() + TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("mock-backend {args:?} did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert_eq!(status.code(), Some(2), "{args:?}");
+        let out = run_expecting_exit(&args)
+            .unwrap_or_else(|| panic!("mock-backend {args:?} did not exit"));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }

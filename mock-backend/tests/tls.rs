@@ -2,12 +2,11 @@
 //! port the OS picks, with a throwaway CA and leaf made at test time. Clients are rustls clients
 //! that trust only the CA they are given, with SNI `localhost`.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rcgen::{
@@ -22,8 +21,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// Bound on anything a test waits for (start-up, a handshake, one response, an exit).
-const TIMEOUT: Duration = Duration::from_secs(30);
+use common::{
+    poll_until, request_bytes, run_expecting_exit, take_response, Backend, Response, TIMEOUT,
+};
 
 /// A throwaway certificate authority.
 struct TestCa {
@@ -126,105 +126,15 @@ impl Certs {
             _dir: dir,
         }
     }
-}
 
-/// Polls `done` every 10 ms until it holds or `TIMEOUT` passes; whether it held.
-fn poll_until(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    /// The flags that make `mock-backend` serve HTTPS with this leaf.
+    fn tls_args(&self) -> [&str; 4] {
+        ["--tls-cert", &self.cert, "--tls-key", &self.key]
     }
-}
-
-/// A running `mock-backend` over TLS, killed when dropped. Its stdout and stderr are read to
-/// their end by threads (so the pipes never fill) and kept for the test to look at.
-struct Backend {
-    child: Child,
-    addr: SocketAddr,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Backend {
-    fn start(certs: &Certs) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-backend"))
-            .args(["--listen", "127.0.0.1:0", "--name", "tb"])
-            .args(["--tls-cert", &certs.cert, "--tls-key", &certs.key])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mock-backend");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let out = BufReader::new(child.stdout.take().expect("stdout piped"));
-        let lines = stdout.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                let addr = line
-                    .split_once(" listening on ")
-                    .map(|(_, a)| a.trim().to_owned());
-                lines.lock().unwrap().push(line);
-                if let Some(addr) = addr {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let err = BufReader::new(child.stderr.take().expect("stderr piped"));
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in err.lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[mock-backend] {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(TIMEOUT) {
-            Ok(addr) => addr.parse().expect("listen address"),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("mock-backend did not report its address: {e}");
-            }
-        };
-        Self {
-            child,
-            addr,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn stdout(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    /// Waits (bounded) for a stdout line equal to `line`.
-    fn wait_stdout(&self, line: &str) -> bool {
-        poll_until(|| self.stdout.lock().unwrap().iter().any(|l| l == line))
-    }
-
-    /// Waits (bounded) for a stderr line containing `needle`.
-    fn wait_stderr(&self, needle: &str) -> bool {
-        poll_until(|| {
-            self.stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-        })
-    }
-
+    /// A TLS connection to this backend with SNI `localhost`, trusting what `config` trusts.
     async fn connect(&self, config: Arc<ClientConfig>) -> std::io::Result<Client> {
         let connect = async {
             let tcp = TcpStream::connect(self.addr).await?;
@@ -240,50 +150,9 @@ impl Backend {
             buf: Vec::new(),
         })
     }
-
-    /// SIGTERM, then waits (bounded) for the exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let mut exit = None;
-        let exited = poll_until(|| {
-            exit = self.child.try_wait().expect("wait");
-            exit.is_some()
-        });
-        assert!(exited, "mock-backend did not exit after SIGTERM");
-        exit.unwrap()
-    }
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {} body {:?} is not JSON: {e}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-}
-
-/// A minimal HTTP/1.1 client on one keep-alive TLS connection; responses are framed by
-/// Content-Length (which is all `mock-backend` sends).
+/// A minimal HTTP/1.1 client on one keep-alive TLS connection.
 struct Client {
     stream: TlsStream<TcpStream>,
     buf: Vec<u8>,
@@ -301,42 +170,15 @@ impl Client {
     }
 
     async fn exchange(&mut self, method: &str, path: &str, body: Option<&str>) -> Response {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
-        if let Some(body) = body {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        req.push_str(body.unwrap_or(""));
-        self.stream.write_all(req.as_bytes()).await.expect("send");
+        let req = request_bytes(method, path, "localhost", body);
+        self.stream.write_all(&req).await.expect("send");
         self.stream.flush().await.expect("flush");
-
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
+        loop {
+            if let Some(response) = take_response(&mut self.buf, method) {
+                return response;
             }
             self.fill().await;
-        };
-        let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("UTF-8 head");
-        self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-        let len: usize = lines
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
-        while self.buf.len() < len {
-            self.fill().await;
         }
-        let body = self.buf.drain(..len).collect();
-        Response { status, body }
     }
 
     async fn fill(&mut self) {
@@ -363,7 +205,7 @@ fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_serves_every_route_as_plain_http_does() {
     let certs = Certs::new("routes");
-    let backend = Backend::start(&certs);
+    let backend = Backend::start("tb", &certs.tls_args());
     // The first line keeps its plain-HTTP form (scripts and tests parse the address from it).
     assert_eq!(
         backend.stdout()[0],
@@ -434,7 +276,7 @@ async fn https_serves_every_route_as_plain_http_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_fault_drops_https_connections_unanswered() {
     let certs = Certs::new("reset");
-    let backend = Backend::start(&certs);
+    let backend = Backend::start("tb", &certs.tls_args());
     let mut c = backend.connect(certs.ca.client()).await.expect("handshake");
     let put = c
         .request("PUT", "/_mock/fault", Some(r#"{"reset": true}"#))
@@ -479,7 +321,7 @@ async fn reset_fault_drops_https_connections_unanswered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_handshakes_are_logged_and_the_server_carries_on() {
     let certs = Certs::new("refused");
-    let backend = Backend::start(&certs);
+    let backend = Backend::start("tb", &certs.tls_args());
 
     // A client trusting a different CA refuses the server's certificate.
     let other = TestCa::new("some other CA");
@@ -533,7 +375,7 @@ async fn failed_handshakes_are_logged_and_the_server_carries_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_https_requests() {
     let certs = Certs::new("drain");
-    let mut backend = Backend::start(&certs);
+    let mut backend = Backend::start("tb", &certs.tls_args());
     let mut slow = backend.connect(certs.ca.client()).await.expect("handshake");
     let in_flight = tokio::spawn(async move { slow.get("/delay/300").await });
 
@@ -600,27 +442,11 @@ fn tls_flags_go_together_and_bad_files_refuse_to_start() {
         ),
     ];
     for (case, args) in cases {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mock-backend"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mock-backend");
-        let mut status = None;
-        if !poll_until(|| {
-            status = child.try_wait().expect("wait");
-            status.is_some()
-        }) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{case}: mock-backend did not exit");
-        }
-        let out = child.wait_with_output().expect("collect output");
+        let out = run_expecting_exit(&args)
+            .unwrap_or_else(|| panic!("{case}: mock-backend did not exit"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(status.and_then(|s| s.code()), Some(2), "{case}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{case}: {stderr}");
         assert!(!stdout.contains("listening on"), "{case}: listened anyway");
         assert!(!stderr.trim().is_empty(), "{case}: no error message");
         eprintln!("{case}: {}", stderr.trim());

@@ -19,11 +19,7 @@ async fn healthy_backends(proxy: &Proxy) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_share_is_split_evenly_between_survivors() {
-    let (a, mut b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, mut b, c) = Backend::start_abc();
     // Generous probe timeout: a slow probe to a survivor on a loaded machine must not take it
     // out of rotation mid-count.
     let proxy = Proxy::start(
@@ -38,12 +34,7 @@ async fn killed_backend_share_is_split_evenly_between_survivors() {
 
     b.kill();
     let out_of_rotation = wait_until(Duration::from_secs(20), || async {
-        proxy
-            .metrics()
-            .await
-            .sum("gateway_backend_up", &[("backend", &b_label)])
-            == 0.0
-            && healthy_backends(&proxy).await == Some(2)
+        proxy.backend_up(&b_label).await == 0.0 && healthy_backends(&proxy).await == Some(2)
     })
     .await;
     assert!(out_of_rotation, "b never left rotation");

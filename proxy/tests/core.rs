@@ -23,11 +23,7 @@ async fn upstream_split(proxy: &Proxy, n: usize) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_splits_evenly() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let proxy = Proxy::start(&[&a, &b, &c], "").await;
     let split = upstream_split(&proxy, 30).await;
     let expected: BTreeMap<String, usize> = [&a, &b, &c]
@@ -132,11 +128,7 @@ async fn backend_down_at_start_costs_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_leaves_rotation_and_comes_back() {
-    let (a, mut b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, mut b, c) = Backend::start_abc();
     let proxy = Proxy::start(
         &[&a, &b, &c],
         "[rate_limit]\nenabled = false\n[upstream.health_check]\ninterval_ms = 400",
@@ -148,11 +140,7 @@ async fn killed_backend_leaves_rotation_and_comes_back() {
     // Polled, with no deadline on how soon: on a loaded machine probes run late.
     b.kill();
     let down = wait_until(Duration::from_secs(10), || async {
-        proxy
-            .metrics()
-            .await
-            .sum("gateway_backend_up", &[("backend", &b_label)])
-            == 0.0
+        proxy.backend_up(&b_label).await == 0.0
     })
     .await;
     assert!(down, "backend never marked down");
@@ -177,11 +165,7 @@ async fn killed_backend_leaves_rotation_and_comes_back() {
     // Back on the same port: it gets its share again.
     let _b = Backend::start_at("b", b_addr);
     let up = wait_until(Duration::from_secs(10), || async {
-        proxy
-            .metrics()
-            .await
-            .sum("gateway_backend_up", &[("backend", &b_label)])
-            == 1.0
+        proxy.backend_up(&b_label).await == 1.0
     })
     .await;
     assert!(up, "backend never marked up again");
@@ -191,11 +175,7 @@ async fn killed_backend_leaves_rotation_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_backend_costs_clients_nothing() {
-    let (a, mut b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, mut b, c) = Backend::start_abc();
     let proxy = Proxy::start(&[&a, &b, &c], "[rate_limit]\nenabled = false").await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(load(proxy.addr, "/failover", 3000, 6, stop));
@@ -378,8 +358,7 @@ async fn backends_given_by_host_name_resolve() {
         assert_eq!(r.header("x-upstream"), Some(name.as_str()));
         assert_eq!(r.json()["backend"], "a");
     }
-    let m = proxy.metrics().await;
-    assert_eq!(m.sum("gateway_backend_up", &[("backend", &name)]), 1.0);
+    assert_eq!(proxy.backend_up(&name).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,11 +121,7 @@ async fn idle_proxy_exits_on_sigterm_without_waiting_out_the_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_a_backend_under_load() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let proxy = Proxy::start(&[&a, &b], NO_LIMIT).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(load(proxy.addr, "/reload", 100_000, 4, stop.clone()));
@@ -218,11 +214,7 @@ async fn bad_reload_keeps_the_running_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_that_removes_a_backend_stops_its_traffic() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let proxy = Proxy::start(&[&a, &b, &c], NO_LIMIT).await;
     let c_label = c.addr.to_string();
     proxy.rewrite_config(&format!(

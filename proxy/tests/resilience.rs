@@ -81,11 +81,7 @@ fn outlier(threshold: u32, base_seconds: u64, percent: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answering_500_is_ejected_after_five_and_tried_again_later() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let proxy = Proxy::start(&[&a, &b, &c], &format!("{NO_LIMIT}{}", outlier(5, 2, 50))).await;
     set_fault(&b, r#"{"status": 500, "rate": 1.0}"#).await;
 
@@ -197,11 +193,7 @@ async fn wait_for_log(proxy: &Proxy, needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_errors_of_gets_are_retried_elsewhere_and_posts_are_not() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let config = format!(
         "{NO_LIMIT}{}[upstream.retry]\non = [\"connect-failure\", \"reset\", \"gateway-error\"]\nbackoff_ms = 1\n",
         outlier(0, 30, 50)
@@ -245,11 +237,7 @@ async fn gateway_errors_of_gets_are_retried_elsewhere_and_posts_are_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_of_three_faulty_and_fifty_percent_only_one_is_ejected() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let proxy = Proxy::start(&[&a, &b, &c], &format!("{NO_LIMIT}{}", outlier(2, 300, 50))).await;
     set_fault(&b, r#"{"status": 500}"#).await;
     set_fault(&c, r#"{"status": 500}"#).await;
@@ -276,11 +264,7 @@ async fn with_two_of_three_faulty_and_fifty_percent_only_one_is_ejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_keeps_attempts_near_the_requests_when_every_backend_resets() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let backends = [&a, &b, &c];
     let config = format!(
         "{NO_LIMIT}{}[upstream.retry]\nbudget_percent = 20\nbackoff_ms = 50\n",
@@ -423,11 +407,7 @@ async fn max_requests_answers_503_at_once_beyond_the_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sporadic_failures_below_the_threshold_eject_nothing() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let threshold = 5;
     let proxy = Proxy::start(
         &[&a, &b, &c],

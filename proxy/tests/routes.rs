@@ -56,11 +56,7 @@ fn group(name: &str, backends: &[&Backend], extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_path_and_method_routing_across_two_groups() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let config = format!(
         r#"
 [rate_limit]
@@ -191,11 +187,7 @@ async fn split(proxy: &Proxy, n: usize, path: &str) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_round_robin_splits_exactly_by_weight() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let config = format!(
         r#"
 [rate_limit]
@@ -261,11 +253,7 @@ async fn least_requests_sends_fewer_requests_to_a_slow_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_keeps_clients_on_one_backend_and_moves_only_the_removed_ones_keys() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let with = |backends: &[&Backend]| {
         format!(
             "{}[[routes]]\nname = \"sticky\"\nupstream = \"h\"\n",
@@ -398,11 +386,7 @@ upstream = "default"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_changes_routes_and_groups_under_load_without_a_failure() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::start_abc();
     let routes = |api: &[&Backend], old_or_new: &str| {
         format!(
             "[rate_limit]\nexempt = [\"127.0.0.1\"]\n{}\

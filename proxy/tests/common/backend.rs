@@ -26,6 +26,11 @@ impl Backend {
         Self::start_at(name, "127.0.0.1:0".parse().unwrap())
     }
 
+    /// Starts three mock backends named `a`, `b` and `c`: the usual set of a balancing test.
+    pub fn start_abc() -> (Self, Self, Self) {
+        (Self::start("a"), Self::start("b"), Self::start("c"))
+    }
+
     /// Starts a mock backend on `addr` (e.g. to bring a killed one back on its port).
     pub fn start_at(name: &str, addr: SocketAddr) -> Self {
         Self::start_with(name, addr, &[])

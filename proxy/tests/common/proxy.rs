@@ -283,6 +283,14 @@ impl Proxy {
         assert_eq!(r.status, 200);
         Metrics::parse(&r.text())
     }
+
+    /// `gateway_backend_up` of the backend labelled `backend` (its address as configured),
+    /// from a fresh scrape: 1 while health checks pass, 0 once they have marked it down.
+    pub async fn backend_up(&self, backend: &str) -> f64 {
+        self.metrics()
+            .await
+            .sum("gateway_backend_up", &[("backend", backend)])
+    }
 }
 
 impl Drop for Proxy {
