@@ -25,7 +25,9 @@
 #               the default feature set, i.e. `ours` with one catch-all route
 #   +tls        +outlier served over TLS (a [tls] listener, scripts/dev_certs.sh's ECDSA
 #               certificate, as bench.sh --tls), keep-alive; wrk to https://localhost:PORT
-# then `ours` again as a check (same features as +outlier, with the implicit default route).
+# then `ours` again as a check (same features as +outlier, with the implicit default route), and
+# `bare+hdr` as a reference: bare Pingora adding the same 13 headers with fixed values
+# (`bare_proxy --contract-headers`), so `+outlier / bare+hdr` is our logic beyond the headers.
 # It writes loadtest/results/callgrind.md: the table, the machine, and where the default
 # feature set's extra instructions go (callgrind_annotate of +outlier, our proxy:: functions).
 #
@@ -33,7 +35,9 @@
 # ours-norl (limiter off), ours+case (headers.preserve_case = true), ours+1route (one catch-all
 # [[routes]]), ours+50routes (50 routes, the request takes the one tried last); and bare+tls
 # (bare Pingora with its own rustls listener, the same certificate as +tls: what TLS costs a
-# Pingora proxy without our terminator).
+# Pingora proxy without our terminator), and bare+hdr (bare Pingora adding the contract's headers
+# with fixed values through our header-map path, `bare_proxy --contract-headers`: ours against
+# it is what our own logic costs beyond the headers).
 #
 # Output: one line per system on stdout; callgrind files loadtest/results/callgrind/SYSTEM.out
 # (whole run) and SYSTEM.out.1 (the counted window) for callgrind_annotate.
@@ -43,7 +47,7 @@ command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y val
 source scripts/lib.sh
 
 TABLE_SYSTEMS=(bare base +ratelimit +50routes +redis +log +outlier +tls)
-KNOWN_SYSTEMS=" ${TABLE_SYSTEMS[*]} ours ours+log ours-norl ours+case ours+1route ours+50routes bare+tls "
+KNOWN_SYSTEMS=" ${TABLE_SYSTEMS[*]} ours ours+log ours-norl ours+case ours+1route ours+50routes bare+tls bare+hdr "
 # What each line of the table adds, and the line it is built on.
 declare -A ADDS=(
   [bare]="bare Pingora round robin (\`proxy/examples/bare_proxy.rs\`)"
@@ -55,9 +59,10 @@ declare -A ADDS=(
   [+outlier]="outlier detection at its default (\`consecutive_failures = 5\`): the default feature set"
   [+tls]="TLS (rustls, ECDSA P-256, keep-alive, HTTP/1.1)"
   [ours]="check: \`ours\` (default features, no [[routes]]: the implicit default route)"
+  [bare+hdr]="reference: bare Pingora adding the contract's 13 headers (fixed values, our header-map path; \`bare_proxy --contract-headers\`)"
 )
 declare -A BUILDS_ON=([base]=bare [+ratelimit]=base [+50routes]=+ratelimit [+redis]=+ratelimit
-  [+log]=+ratelimit [+outlier]=+ratelimit [+tls]=+outlier [ours]=+outlier)
+  [+log]=+ratelimit [+outlier]=+ratelimit [+tls]=+outlier [ours]=+outlier [bare+hdr]=bare)
 
 table=0
 rounds=
@@ -83,7 +88,7 @@ while (($# > 0)); do
 done
 if ((table)); then
   ((${#systems[@]} == 0)) || { echo "table takes no system names" >&2; exit 2; }
-  systems=("${TABLE_SYSTEMS[@]}" ours)
+  systems=("${TABLE_SYSTEMS[@]}" ours bare+hdr)
 fi
 [ ${#systems[@]} -gt 0 ] || systems=(ours ours+log bare)
 rounds=${rounds:-$((table ? 3 : 1))}
@@ -175,6 +180,15 @@ key_prefix = \"gateway:rl:\"" start_ours "$sys" "$port" "$admin" 1 $'true\nstore
       READY_PATH=$WRK_PATH EXTRA_TOML=$ROUTE1 start_ours_tls "$sys" "$port" "$admin" "$tls_port" 1 "$CERTS" true
       URL="https://${SYS_TLS_ADDR[$sys]}$WRK_PATH"
       return
+      ;;
+    bare+hdr)
+      mkdir -p "$WORK_DIR/$sys"
+      # shellcheck disable=SC2086
+      REAL_BIN=$real_bare spawn "$WORK_DIR/$sys/stdout.log" "$BARE_BIN" --listen "127.0.0.1:$port" \
+        --threads 1 --contract-headers $BACKENDS_ARGS
+      SYS_PID[$sys]=$SPAWNED_PID
+      SYS_ADDR[$sys]="127.0.0.1:$port"
+      wait_serving "http://127.0.0.1:$port/" "$SPAWNED_PID" "$WORK_DIR/$sys/stdout.log"
       ;;
     bare+tls)
       make_certs
@@ -327,17 +341,25 @@ done | awk '{ if (!($1 in lo) || $2 < lo[$1]) lo[$1] = $2; if ($2 > hi[$1]) hi[$
   for sys in "${systems[@]}"; do
     x=$(per_req "$sys")
     ratio=$(printf '%.3f' "$(echo "$x / $(per_req bare)" | bc -l)")
-    dprev="–"; [[ -n $prev && $sys != ours ]] && dprev=$(signed_k "$(echo "$x - $(per_req "$prev")" | bc -l)")
+    dprev="–"; [[ -n $prev && $sys != ours && $sys != bare+hdr ]] && dprev=$(signed_k "$(echo "$x - $(per_req "$prev")" | bc -l)")
     dbase="–"; [[ -n ${BUILDS_ON[$sys]:-} ]] && dbase="$(signed_k "$(echo "$x - $(per_req "${BUILDS_ON[$sys]}")" | bc -l)") over \`${BUILDS_ON[$sys]}\`"
     # shellcheck disable=SC2016 # the backticks are markdown
     printf '| `%s` | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$sys" "${ADDS[$sys]}" "${REQS[$sys]}" \
       "$(kfmt "$x")" "${RANGE[$sys]}" "$ratio" "$dprev" "$dbase" "${CHECK[$sys]}"
-    [[ $sys == ours ]] || prev=$sys
+    [[ $sys == ours || $sys == bare+hdr ]] || prev=$sys
   done
   echo
   echo "\`+50routes\`, \`+redis\`, \`+log\` and \`+outlier\` are each \`+ratelimit\` plus one thing (so \"Δ to"
   echo "what it builds on\" is the cost of that thing); \`+tls\` is \`+outlier\` plus TLS; \`ours\` is"
   echo "\`+outlier\` without the explicit catch-all route (the same features)."
+  echo
+  hdr=$(per_req bare+hdr)
+  echo "\`bare+hdr\` is a reference, not a capability: bare Pingora adding the same four request and nine"
+  echo "response headers as \`+outlier\` sends (fixed values, through our \`header_case\` path). What the"
+  echo "headers alone cost a Pingora proxy: $(signed_k "$(echo "$hdr - $(per_req bare)" | bc -l)") per request,"
+  echo "$(printf '%.3f' "$(echo "$hdr / $(per_req bare)" | bc -l)") × bare. The default feature set against it, \`+outlier\` / \`bare+hdr\` ="
+  echo "**$(printf '%.3f' "$(echo "$(per_req +outlier) / $hdr" | bc -l)")**: what the gateway's own logic costs beyond the headers it must add"
+  echo "(routing, the limiter's check, metrics, request ids, health and outlier state, its connection handling)."
   echo
   args=()
   for sys in "${systems[@]}"; do args+=("$sys|$out_dir/$sys.out.1|${REQS[$sys]}|${IR[$sys]}"); done
@@ -512,7 +534,7 @@ def fcost(name, pattern):
 def per_request(name):
     return runs[name][2] / runs[name][1]
 # Each capability hook by hook: the same split as above, line against the line it builds on.
-builds_on = {"base": "bare", "+ratelimit": "base", "+50routes": "+ratelimit", "+redis": "+ratelimit",
+builds_on = {"bare+hdr": "bare", "base": "bare", "+ratelimit": "base", "+50routes": "+ratelimit", "+redis": "+ratelimit",
              "+log": "+ratelimit", "+outlier": "+ratelimit", "+tls": "+outlier", "ours": "+outlier"}
 def hook_costs(name):
     p, n = prof(name), runs[name][1]

@@ -13,6 +13,15 @@
 //!
 //! `--tls-listen ADDR --tls-cert CHAIN.pem --tls-key KEY.pem` adds Pingora's own TLS listener
 //! (rustls, its default versions and ALPN): the ceiling for `loadtest/bench.sh --tls`.
+//!
+//! `--contract-headers` is a measuring device, not a baseline: it also adds the headers the
+//! gateway's contract makes it add (four to the backend and nine to the client, as `ours` in
+//! the benchmarks sends them: `X-Forwarded-Proto`, `-Host`, `X-Request-Id`, one configured
+//! header; `X-Upstream`, `X-Request-Id`, `Via`, five rate-limit fields, one configured header),
+//! with fixed values, through the gateway's own header-map path (`gateway::header_case`). The
+//! gateway against it is the cost of everything else the gateway does (routing, rate limiting,
+//! metrics, request ids, health state, its connection handling), the headers' own cost being
+//! that of the `http` map and Pingora writing them out.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -31,6 +40,7 @@ use pingora::prelude::*;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
+use proxy::gateway::header_case::{edit_request, edit_response, Name};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -60,6 +70,10 @@ struct Cli {
     /// Private key (PEM) of the TLS listener.
     #[arg(long)]
     tls_key: Option<String>,
+    /// Also add the headers the gateway's contract adds, with fixed values (see the module
+    /// doc): a measuring device for what the gateway's own logic costs.
+    #[arg(long)]
+    contract_headers: bool,
     /// Backends (`ip:port`), used in turn.
     #[arg(required = true)]
     backends: Vec<SocketAddr>,
@@ -68,7 +82,56 @@ struct Cli {
 /// The proxy: only a balancer.
 struct Bare {
     lb: Arc<LoadBalancer<RoundRobin>>,
+    contract_headers: bool,
 }
+
+/// The headers `--contract-headers` adds to the request, and their fixed values.
+const REQUEST_HEADERS: [(Name, &str); 4] = [
+    (
+        Name::from_static("x-forwarded-proto", "X-Forwarded-Proto"),
+        "http",
+    ),
+    (
+        Name::from_static("x-forwarded-host", "X-Forwarded-Host"),
+        "127.0.0.1",
+    ),
+    (
+        Name::from_static("x-request-id", "X-Request-Id"),
+        "0123456789abcdef0123456789abcdef",
+    ),
+    (Name::from_static("x-gateway", "X-Gateway"), "bench"),
+];
+
+/// The headers `--contract-headers` adds to the response, and their fixed values.
+const RESPONSE_HEADERS: [(Name, &str); 9] = [
+    (
+        Name::from_static("x-upstream", "X-Upstream"),
+        "127.0.0.1:9001",
+    ),
+    (
+        Name::from_static("x-request-id", "X-Request-Id"),
+        "0123456789abcdef0123456789abcdef",
+    ),
+    (Name::from_static("via", "Via"), "1.1 pingora-gateway"),
+    (
+        Name::from_static("ratelimit-limit", "RateLimit-Limit"),
+        "1000000000",
+    ),
+    (
+        Name::from_static("ratelimit-remaining", "RateLimit-Remaining"),
+        "999999999",
+    ),
+    (Name::from_static("ratelimit-reset", "RateLimit-Reset"), "1"),
+    (
+        Name::from_static("ratelimit-policy", "RateLimit-Policy"),
+        "\"default\";q=1000000000;w=1",
+    ),
+    (
+        Name::from_static("ratelimit", "RateLimit"),
+        "\"default\";r=999999999;t=1",
+    ),
+    (Name::from_static("x-served-by", "X-Served-By"), "bench"),
+];
 
 #[async_trait]
 impl ProxyHttp for Bare {
@@ -113,6 +176,31 @@ impl ProxyHttp for Bare {
         }
         value.push_str(&peer.to_string());
         upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+        if self.contract_headers {
+            edit_request(upstream_request, false, REQUEST_HEADERS.len(), |h| {
+                for (name, value) in &REQUEST_HEADERS {
+                    h.insert(name, http::HeaderValue::from_static(value))?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        if self.contract_headers {
+            edit_response(upstream_response, false, RESPONSE_HEADERS.len(), |h| {
+                for (name, value) in &RESPONSE_HEADERS {
+                    h.insert(name, http::HeaderValue::from_static(value))?;
+                }
+                Ok(())
+            })?;
+        }
         Ok(())
     }
 }
@@ -136,7 +224,11 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { lb });
+    let bare = Bare {
+        lb,
+        contract_headers: cli.contract_headers,
+    };
+    let mut proxy = http_proxy_service(&server.configuration, bare);
     proxy.add_tcp(&cli.listen.to_string());
     if let (Some(addr), Some(cert), Some(key)) = (cli.tls_listen, &cli.tls_cert, &cli.tls_key) {
         if let Err(e) = proxy.add_tls(&addr.to_string(), cert, key) {
