@@ -23,29 +23,8 @@ CONNECTIONS=50
 WARMUP=2
 PATH_HIT=/r49/x
 OUT_FILE="$ROOT/loadtest/results/bench_routes.md"
-BUILD=1
-while (($#)); do
-  case "$1" in
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --no-build) BUILD=0; shift ;;
-    --out) OUT_FILE=$2; shift 2 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
-    *) log_die "unknown argument: $1" ;;
-  esac
-done
-for v in ROUNDS DURATION; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
-done
-((ROUNDS <= 100 && DURATION <= 600)) || log_die "rounds <= 100, duration <= 600"
-log_need wrk "apt-get install -y wrk"
-log_need nginx "apt-get install -y nginx-light"
-((BUILD)) && build_release
-check_binaries
-
-install_cleanup
-make_work_dir gateway-bench-routes
-chmod 755 "$WORK_DIR" # nginx workers run as nobody
+bench_rounds_args "$@"
+bench_rounds_setup gateway-bench-routes
 
 start_bench_backends 1
 start_ours ours "$(free_port)" "$(free_port)" 1 true false

@@ -29,30 +29,8 @@ DURATION=${DURATION:-10}
 CONNECTIONS=256
 WARMUP=2
 OUT_FILE="$ROOT/loadtest/results/bench_tail.md"
-BUILD=1
-while (($#)); do
-  case "$1" in
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --connections) CONNECTIONS=$2; shift 2 ;;
-    --no-build) BUILD=0; shift ;;
-    --out) OUT_FILE=$2; shift 2 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
-    *) log_die "unknown argument: $1" ;;
-  esac
-done
-for v in ROUNDS DURATION CONNECTIONS; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
-done
-((ROUNDS <= 100 && DURATION <= 600 && CONNECTIONS <= 5000)) || log_die "rounds <= 100, duration <= 600, connections <= 5000"
-log_need wrk "apt-get install -y wrk"
-log_need nginx "apt-get install -y nginx-light"
-((BUILD)) && build_release
-check_binaries
-
-install_cleanup
-make_work_dir gateway-bench-tail
-chmod 755 "$WORK_DIR" # nginx workers run as nobody
+CONNECTIONS_MAX=5000 bench_rounds_args "$@"
+bench_rounds_setup gateway-bench-tail
 
 start_bench_backends 1
 start_ours ours "$(free_port)" "$(free_port)" 1 true false

@@ -27,12 +27,18 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import select
 import signal
 import socket
 import sys
 import time
 from collections import Counter
+
+# http_load.py sits next to this script; importing it leaves no __pycache__ in loadtest/.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True
+from http_load import count_error, get_request, parse_head, parse_target, run_bounded, split_stats  # noqa: E402
 
 # Linux: let connect() pick the source port, so bind() to an address reserves no port early.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -44,17 +50,7 @@ def parse_response(buf: bytes):
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None, False
-    lines = buf[:end].split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length = 0
-    chunked = False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value.strip())
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
+    status, length, chunked = parse_head(buf[:end])
     body = buf[end + 4:]
     if chunked:
         return status, body.endswith(b"0\r\n\r\n")
@@ -83,39 +79,32 @@ async def open_one(loop, source, host, port, request, stats, held):
             held.append(sock)
             sock = None
     except (OSError, ValueError, IndexError) as e:
-        stats[f"error:{type(e).__name__}"] += 1
+        count_error(stats, e)
     finally:
         if sock is not None:
             sock.close()
 
 
 async def open_all(args, held):
-    host, _, port = args.target.rpartition(":")
-    port = int(port)
+    host, port = parse_target(args.target)
     sources = args.sources.split(",")
-    request = f"GET {args.path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: idle_conns\r\n\r\n".encode()
+    request = get_request(args.path, host, port, "idle_conns")
     loop = asyncio.get_running_loop()
     stats = Counter()
-    sem = asyncio.Semaphore(args.concurrency)
 
-    async def guarded(i):
-        async with sem:
-            await open_one(loop, sources[i % len(sources)], host, port, request, stats, held)
+    def job(i):
+        return open_one(loop, sources[i % len(sources)], host, port, request, stats, held)
 
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(guarded(i)) for i in range(args.connections)]
-    _, pending = await asyncio.wait(tasks, timeout=args.timeout)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
+    timed_out = await run_bounded(job, range(args.connections), args.concurrency, args.timeout)
+    statuses, errors = split_stats(stats)
     return {
         "connections": args.connections,
         "ok": len(held),
-        "statuses": {str(k): v for k, v in stats.items() if isinstance(k, int)},
-        "errors": {k[6:]: v for k, v in stats.items() if isinstance(k, str) and k.startswith("error:")},
+        "statuses": statuses,
+        "errors": errors,
         "elapsed_s": round(time.perf_counter() - t0, 3),
-        "timed_out": bool(pending),
+        "timed_out": timed_out,
     }
 
 

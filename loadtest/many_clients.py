@@ -18,10 +18,16 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import socket
 import sys
 import time
 from collections import Counter
+
+# http_load.py sits next to this script; importing it leaves no __pycache__ in loadtest/.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True
+from http_load import count_error, get_request, parse_head, parse_target, run_bounded, split_stats  # noqa: E402
 
 
 def client_addresses(first: str, count: int):
@@ -41,17 +47,7 @@ def client_addresses(first: str, count: int):
 async def read_response(reader: asyncio.StreamReader) -> int:
     """Reads one response with a Content-Length body (or none); returns its status."""
     head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length = 0
-    chunked = False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value.strip())
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
+    status, length, chunked = parse_head(head)
     if chunked:
         while True:
             size_line = await reader.readuntil(b"\r\n")
@@ -73,9 +69,7 @@ async def one_client(source, host, port, path, n_requests, stats, latencies):
         sock.bind((source, 0))
         await loop.sock_connect(sock, (host, port))
         reader, writer = await asyncio.open_connection(sock=sock)
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: many_clients\r\n\r\n"
-        ).encode()
+        request = get_request(path, host, port, "many_clients")
         for _ in range(n_requests):
             t0 = time.perf_counter()
             writer.write(request)
@@ -83,7 +77,7 @@ async def one_client(source, host, port, path, n_requests, stats, latencies):
             latencies.append(time.perf_counter() - t0)
             stats[status] += 1
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
-        stats[f"error:{type(e).__name__}"] += 1
+        count_error(stats, e)
     finally:
         if writer is not None:
             writer.close()
@@ -96,24 +90,16 @@ async def one_client(source, host, port, path, n_requests, stats, latencies):
 
 
 async def run(args):
-    host, _, port = args.target.rpartition(":")
-    port = int(port)
+    host, port = parse_target(args.target)
     addresses = client_addresses(args.first, args.offset + args.clients)[args.offset:]
     stats = Counter()
     latencies = []
-    sem = asyncio.Semaphore(args.concurrency)
 
-    async def guarded(addr):
-        async with sem:
-            await one_client(addr, host, port, args.path, args.requests_per_client, stats, latencies)
+    def job(addr):
+        return one_client(addr, host, port, args.path, args.requests_per_client, stats, latencies)
 
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(guarded(a)) for a in addresses]
-    done, pending = await asyncio.wait(tasks, timeout=args.timeout)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
+    timed_out = await run_bounded(job, addresses, args.concurrency, args.timeout)
     elapsed = time.perf_counter() - t0
 
     latencies.sort()
@@ -123,8 +109,7 @@ async def run(args):
             return None
         return round(latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000, 3)
 
-    statuses = {str(k): v for k, v in stats.items() if isinstance(k, int)}
-    errors = {k[6:]: v for k, v in stats.items() if isinstance(k, str) and k.startswith("error:")}
+    statuses, errors = split_stats(stats)
     requests = sum(statuses.values())
     return {
         "clients": args.clients,
@@ -138,7 +123,7 @@ async def run(args):
                        "max": round(latencies[-1] * 1000, 3) if latencies else None},
         "first_address": addresses[0],
         "last_address": addresses[-1],
-        "timed_out": bool(pending),
+        "timed_out": timed_out,
     }
 
 

@@ -18,9 +18,10 @@
 #   ab, table, checks           ab_field ab_summary table_header table_row pass_line fail_line
 #     (loadtest/run_ab.sh)      expect_eq expect_range expect_true verdict
 #   Benchmarks                  bench_init need_matplotlib build_release check_binaries
-#     (loadtest/bench*.sh,      pids_tree cpu_ticks status_kb nginx_conf_head run_nginx
-#     profile_callgrind.sh)     start_nginx_backend start_bench_backends start_ours start_bare
-#                               start_nginx_proxy start_haproxy ours_metric_sum
+#     (loadtest/bench*.sh,      bench_rounds_args bench_rounds_setup
+#     profile_callgrind.sh)     pids_tree cpu_ticks status_kb nginx_conf_head run_nginx
+#                               start_nginx_backend start_bench_backends start_ours start_bare
+#                               nginx_proxy_conf start_nginx_proxy start_haproxy ours_metric_sum
 #                               start_redis redis_cli start_ours_redis
 #                               wait_serving_tls start_ours_tls start_nginx_tls_proxy
 #   Redis and the proxy's store redis_ping store_state store_state_is
@@ -548,6 +549,60 @@ check_binaries() {
   [[ -x "$BARE_BIN" ]] || log_die "$BARE_BIN missing (run without --no-build)"
 }
 
+# The interleaved-rounds wrk benchmarks (bench_routes.sh, bench_tail.sh, bench_tls_ceiling.sh)
+# start with bench_rounds_args "$@", then bench_rounds_setup.
+
+# bench_rounds_args ARGS...: their command line. The caller sets the defaults first: ROUNDS,
+# DURATION, CONNECTIONS, OUT_FILE. Options: --rounds N (ROUNDS), --duration S (DURATION),
+# --no-build (BUILD=0; BUILD is 1 otherwise), --out FILE (OUT_FILE), -h/--help (the script's
+# header comment, up to `set -euo pipefail`, then exit 0); with CONNECTIONS_MAX set (e.g.
+# `CONNECTIONS_MAX=5000 bench_rounds_args "$@"`) also --connections C (CONNECTIONS). log_die on
+# any other argument, and unless every value is a positive integer with rounds <= 100,
+# duration <= 600 and connections <= CONNECTIONS_MAX.
+bench_rounds_args() {
+  local max=${CONNECTIONS_MAX:-} v vars=(ROUNDS DURATION) limits="rounds <= 100, duration <= 600"
+  BUILD=1
+  while (($#)); do
+    case "$1" in
+      --rounds) ROUNDS=$2; shift 2 ;;
+      --duration) DURATION=$2; shift 2 ;;
+      --connections) [[ -n $max ]] || log_die "unknown argument: $1"; CONNECTIONS=$2; shift 2 ;;
+      --no-build) BUILD=0; shift ;;
+      --out) OUT_FILE=$2; shift 2 ;;
+      -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
+      *) log_die "unknown argument: $1" ;;
+    esac
+  done
+  if [[ -n $max ]]; then
+    vars+=(CONNECTIONS)
+    limits+=", connections <= $max"
+  fi
+  for v in "${vars[@]}"; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
+  done
+  ((ROUNDS <= 100 && DURATION <= 600)) || log_die "$limits"
+  [[ -z $max ]] || ((CONNECTIONS <= max)) || log_die "$limits"
+}
+
+# bench_rounds_setup WORK_NAME [TOOL HOW_TO_INSTALL]...: log_need wrk, nginx and each extra
+# TOOL; build_release unless BUILD is 0; check_binaries; install_cleanup; make_work_dir
+# WORK_NAME, readable by all (nginx workers run as nobody).
+bench_rounds_setup() {
+  local name=$1
+  shift
+  log_need wrk "apt-get install -y wrk"
+  log_need nginx "apt-get install -y nginx-light"
+  while (($# >= 2)); do
+    log_need "$1" "$2"
+    shift 2
+  done
+  if ((BUILD)); then build_release; fi
+  check_binaries
+  install_cleanup
+  make_work_dir "$name"
+  chmod 755 "$WORK_DIR"
+}
+
 # pids_tree PID: PID and its children (nginx workers); one per line.
 pids_tree() {
   local pid=$1
@@ -723,9 +778,13 @@ start_bare() {
   wait_serving "http://127.0.0.1:$port/" "$SPAWNED_PID" "$dir/stdout.log"
 }
 
-# start_nginx_proxy NAME PORT WORKERS: nginx as a reverse proxy (upstream keepalive, XFF).
-start_nginx_proxy() {
-  local name=$1 port=$2 workers=$3 dir="$WORK_DIR/$1" servers="" b
+# nginx_proxy_conf DIR WORKERS DIRECTIVE...: writes DIR/nginx.conf for nginx as a reverse proxy
+# to the backends of BACKENDS_ARGS (upstream keepalive 128, X-Forwarded-For, 1 s connect
+# timeout); its one server block opens with the DIRECTIVEs, one per line (the listen line, and
+# the ssl_* lines for TLS).
+nginx_proxy_conf() {
+  local dir=$1 workers=$2 servers="" b
+  shift 2
   for b in $BACKENDS_ARGS; do servers+="        server $b;"$'\n'; done
   nginx_conf_head "$dir" "$workers"
   cat >>"$dir/nginx.conf" <<EOF
@@ -737,7 +796,7 @@ $servers        keepalive 128;
         keepalive_timeout 60s;
     }
     server {
-        listen 127.0.0.1:$port backlog=4096;
+$(printf '        %s\n' "$@")
         location / {
             proxy_pass http://backends;
             proxy_http_version 1.1;
@@ -748,6 +807,13 @@ $servers        keepalive 128;
     }
 }
 EOF
+}
+
+# start_nginx_proxy NAME PORT WORKERS: nginx as a reverse proxy (nginx_proxy_conf: upstream
+# keepalive, XFF) on 127.0.0.1:PORT.
+start_nginx_proxy() {
+  local name=$1 port=$2 workers=$3 dir="$WORK_DIR/$1"
+  nginx_proxy_conf "$dir" "$workers" "listen 127.0.0.1:$port backlog=4096;"
   run_nginx "$dir"
   SYS_PID[$name]=$SPAWNED_PID
   SYS_ADDR[$name]="127.0.0.1:$port"
@@ -838,42 +904,18 @@ http2 = $http2" start_ours "$name" "$port" "$admin" "$threads" true false
 }
 
 # start_nginx_tls_proxy NAME PORT WORKERS CERT_DIR HTTP2(true|false): nginx as a reverse proxy
-# as start_nginx_proxy builds it (keepalive 128 to the backends, X-Forwarded-For), listening
+# as nginx_proxy_conf writes it (keepalive 128 to the backends, X-Forwarded-For), listening
 # with TLS only on 127.0.0.1:PORT: CERT_DIR/localhost.{pem,key}, TLSv1.2 and TLSv1.3, `http2` on
 # the listener when HTTP2 is true (ALPN h2 offered, as the gateway's tls.http2 does). Session
 # resumption is offered as by nginx's defaults and the gateway's (rustls: two TLS 1.3 tickets per
 # handshake): ssl_session_tickets on, no session cache. Sets SYS_PID[NAME] and SYS_TLS_ADDR[NAME]
 # = localhost:PORT; returns once it answers 200 over HTTPS (certificate checked).
 start_nginx_tls_proxy() {
-  local name=$1 port=$2 workers=$3 certs=$4 http2="" dir="$WORK_DIR/$1" servers="" b
+  local name=$1 port=$2 workers=$3 certs=$4 http2="" dir="$WORK_DIR/$1"
   [[ $5 == true ]] && http2=" http2"
-  for b in $BACKENDS_ARGS; do servers+="        server $b;"$'\n'; done
-  nginx_conf_head "$dir" "$workers"
-  cat >>"$dir/nginx.conf" <<EOF
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    upstream backends {
-$servers        keepalive 128;
-        keepalive_requests 100000000;
-        keepalive_timeout 60s;
-    }
-    server {
-        listen 127.0.0.1:$port ssl$http2 backlog=4096;
-        ssl_certificate $certs/localhost.pem;
-        ssl_certificate_key $certs/localhost.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache none;
-        ssl_session_tickets on;
-        location / {
-            proxy_pass http://backends;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_connect_timeout 1s;
-        }
-    }
-}
-EOF
+  nginx_proxy_conf "$dir" "$workers" "listen 127.0.0.1:$port ssl$http2 backlog=4096;" \
+    "ssl_certificate $certs/localhost.pem;" "ssl_certificate_key $certs/localhost.key;" \
+    "ssl_protocols TLSv1.2 TLSv1.3;" "ssl_session_cache none;" "ssl_session_tickets on;"
   run_nginx "$dir"
   SYS_PID[$name]=$SPAWNED_PID
   SYS_TLS_ADDR[$name]="localhost:$port"
