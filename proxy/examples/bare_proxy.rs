@@ -14,11 +14,12 @@
 //! `--tls-listen ADDR --tls-cert CHAIN.pem --tls-key KEY.pem` adds Pingora's own TLS listener
 //! (rustls, its default versions and ALPN): the ceiling for `loadtest/bench.sh --tls`.
 //!
-//! `--contract-headers` is a measuring device, not a baseline: it also adds the headers the
-//! gateway's contract makes it add (four to the backend and nine to the client, as `ours` in
-//! the benchmarks sends them: `X-Forwarded-Proto`, `-Host`, `X-Request-Id`, one configured
-//! header; `X-Upstream`, `X-Request-Id`, `Via`, five rate-limit fields, one configured header),
-//! with fixed values, through the gateway's own header-map path (`gateway::header_case`). The
+//! `--contract-headers` is a measuring device, not a baseline: it adds the headers the
+//! gateway's contract makes it add (five to the backend and nine to the client, as `ours` in
+//! the benchmarks sends them: `X-Forwarded-For` built as the gateway builds it,
+//! `X-Forwarded-Proto`, `-Host`, `X-Request-Id`, one configured header; `X-Upstream`,
+//! `X-Request-Id`, `Via`, five rate-limit fields, one configured header), the others with
+//! fixed values, through the gateway's own header-map path (`gateway::header_case`). The
 //! gateway against it is the cost of everything else the gateway does (routing, rate limiting,
 //! metrics, request ids, health state, its connection handling), the headers' own cost being
 //! that of the `http` map and Pingora writing them out.
@@ -41,6 +42,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use proxy::gateway::header_case::{edit_request, edit_response, Name};
+use proxy::gateway::proxy_headers::{forwarded_for, X_FORWARDED_FOR as XFF};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -165,6 +167,18 @@ impl ProxyHttp for Bare {
         else {
             return Ok(());
         };
+        if self.contract_headers {
+            // As the gateway writes them: `X-Forwarded-For` built and inserted as it does, so
+            // the difference to it is not in how that one header is written either.
+            let xff = forwarded_for(upstream_request, peer)?;
+            return edit_request(upstream_request, false, REQUEST_HEADERS.len() + 1, |h| {
+                h.insert(&XFF, xff)?;
+                for (name, value) in &REQUEST_HEADERS {
+                    h.insert(name, http::HeaderValue::from_static(value))?;
+                }
+                Ok(())
+            });
+        }
         // As nginx's $proxy_add_x_forwarded_for: every previous line joined, then the peer.
         let mut value = String::new();
         for prev in upstream_request.headers.get_all(&X_FORWARDED_FOR) {
@@ -176,14 +190,6 @@ impl ProxyHttp for Bare {
         }
         value.push_str(&peer.to_string());
         upstream_request.insert_header(X_FORWARDED_FOR, value)?;
-        if self.contract_headers {
-            edit_request(upstream_request, false, REQUEST_HEADERS.len(), |h| {
-                for (name, value) in &REQUEST_HEADERS {
-                    h.insert(name, http::HeaderValue::from_static(value))?;
-                }
-                Ok(())
-            })?;
-        }
         Ok(())
     }
 

@@ -102,7 +102,8 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
 }
 
 /// The client's `X-Forwarded-For` list, then the peer: nginx's `$proxy_add_x_forwarded_for`.
-fn forwarded_for(req: &RequestHeader, peer: IpAddr) -> pingora::Result<HeaderValue> {
+/// Public for the benchmarks' reference proxy (`bare_proxy --contract-headers`).
+pub fn forwarded_for(req: &RequestHeader, peer: IpAddr) -> pingora::Result<HeaderValue> {
     let mut buf = BytesMut::with_capacity(48);
     if let Some(prev) = joined_values(req, &X_FORWARDED_FOR.key).filter(|p| !p.is_empty()) {
         buf.put_slice(prev.as_bytes());
