@@ -13,7 +13,8 @@
 //! Fault injection (`/health`, `/stats` and `/_mock/*` are never faulted, so health checks keep
 //! passing):
 //! - `PUT /_mock/fault` with `{"status": 500, "rate": 1.0, "delay_ms": 0, "reset": false}` and
-//!   optionally `"seed": N`, every field optional (defaults as shown; an empty body counts as `{}`; other fields are refused):
+//!   optionally `"seed": N`, every field optional (defaults as shown; an empty body counts as
+//!   `{}`; other fields are refused):
 //!   from now on each other request, with probability `rate`, waits `delay_ms` and then answers
 //!   `status` with `{"backend": NAME, "fault": true, "status": N}` (no body for 1xx, 204 and 304;
 //!   hyper cannot send a final 1xx and answers those 500) and the header `x-mock-fault: true`.
@@ -31,7 +32,8 @@
 //! - `GET /_mock/fault`    200, the fault in force or `null`.
 //! - `DELETE /_mock/fault` 200 `null`: no fault any more.
 //! - `--fault-status CODE`, `--fault-rate SHARE`, `--fault-delay-ms MS`, `--fault-reset`,
-//!   `--fault-seed N`: start with a fault; any of them turns it on, with the defaults above for the rest.
+//!   `--fault-seed N`: start with a fault; any of them turns it on, with the defaults above for
+//!   the rest.
 //!
 //! Faulted requests, resets included, count in `requests`, `faulted` and `paths` like any other.
 //!

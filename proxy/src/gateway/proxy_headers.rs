@@ -12,6 +12,7 @@ use pingora::{ErrorType, OrErr};
 use crate::config::RateLimitHeaders;
 use crate::gateway::header_case::{edit_request, edit_response, Editor, Name};
 use crate::gateway::request_ctx::RequestCtx;
+use crate::limits::client_ip::write_ip;
 use crate::limits::quota::Quota;
 use crate::limits::sliding_window::Decision;
 
@@ -109,34 +110,9 @@ pub fn forwarded_for(req: &RequestHeader, peer: IpAddr) -> pingora::Result<Heade
         buf.put_slice(prev.as_bytes());
         buf.put_slice(b", ");
     }
-    push_ip(&mut buf, peer);
+    write_ip(&mut buf, peer);
     HeaderValue::from_maybe_shared(buf.freeze())
         .or_err(ErrorType::InvalidHTTPHeader, "X-Forwarded-For")
-}
-
-/// Writes `ip` as `Display` does. IPv4 by hand: `Display` goes through the formatting machinery,
-/// which cost ~1.3k instructions per request (callgrind).
-fn push_ip(buf: &mut BytesMut, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf.put_u8(b'.');
-                }
-                if octet >= 100 {
-                    buf.put_u8(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    buf.put_u8(b'0' + octet / 10 % 10);
-                }
-                buf.put_u8(b'0' + octet % 10);
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write;
-            let _ = write!(buf, "{v6}");
-        }
-    }
 }
 
 /// All values of a header joined with ", ", as one list (RFC 9110 field lines combine so).
@@ -242,25 +218,6 @@ mod tests {
         ] {
             let spelled = std::str::from_utf8(&n.spelling).unwrap();
             assert_eq!(n.key.as_str(), spelled.to_ascii_lowercase());
-        }
-    }
-
-    #[test]
-    fn ip_addresses_are_written_as_display_writes_them() {
-        let ips = [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.20.100.255",
-            "9.99.199.200",
-            "::1",
-            "2001:db8::8a2e:370:7334",
-            "::ffff:192.0.2.1",
-        ];
-        for ip in ips {
-            let ip: IpAddr = ip.parse().unwrap();
-            let mut buf = BytesMut::new();
-            push_ip(&mut buf, ip);
-            assert_eq!(&buf[..], ip.to_string().as_bytes());
         }
     }
 }

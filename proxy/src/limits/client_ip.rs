@@ -11,6 +11,27 @@ pub fn in_any(nets: &[IpNet], ip: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
+/// Writes `ip` as `Display` does, IPv4 octet by octet: through `Display` an address costs ~1.3k
+/// instructions (callgrind), and `X-Forwarded-For` and the shared store's keys write one on every
+/// request.
+pub fn write_ip(out: &mut impl std::fmt::Write, ip: IpAddr) {
+    // Writing to a `String` or `BytesMut` cannot fail.
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    let _ = out.write_char('.');
+                }
+                let _ = out.write_str(n.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -58,6 +79,25 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_addresses_are_written_as_display_writes_them() {
+        let ips = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "9.99.199.200",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ];
+        for ip in ips {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = bytes::BytesMut::new();
+            write_ip(&mut buf, ip);
+            assert_eq!(&buf[..], ip.to_string().as_bytes());
+        }
+    }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::limits::client_ip::write_ip;
+
 /// The identity a budget belongs to: an IPv4 address, an IPv6 /64 (one host owns a /64), or a
 /// token such as an API key (kept as a 128-bit keyed hash, not as the secret itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,18 +65,12 @@ impl ClientKey {
     }
 
     /// Appends [`store_name`](Self::store_name) to `out`, without `format!` on the request
-    /// path (IPv4 octets and token hex digits written directly).
+    /// path (IPv4 addresses by [`write_ip`], token hex digits directly).
     pub fn write_store_name(&self, out: &mut String) {
         match self {
-            ClientKey::Ip(IpAddr::V4(v4)) => {
+            ClientKey::Ip(ip @ IpAddr::V4(_)) => {
                 out.push_str("ip:");
-                let mut n = itoa::Buffer::new();
-                for (i, octet) in v4.octets().iter().enumerate() {
-                    if i > 0 {
-                        out.push('.');
-                    }
-                    out.push_str(n.format(*octet));
-                }
+                write_ip(out, *ip);
             }
             ClientKey::Ip(IpAddr::V6(v6)) => {
                 use std::fmt::Write;
