@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -280,11 +280,17 @@ const TIMER_SLACK: Duration = Duration::from_millis(10);
 /// timer costs about 1.2k instructions, and on a busy kept-alive connection each deadline lies
 /// past the last. When it fires before the current deadline it is armed again for the rest, so
 /// a connection pays one registration per `keepalive_timeout` of activity, not one per request.
+///
+/// Between requests the connection's task is polled about twice while it waits for the next
+/// header; the timer is only polled again when that could change something: a new waker to
+/// register, or its time come (an untouched timer wakes the task it was polled by).
 #[derive(Default)]
 struct ConnectionTimer {
     sleep: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// When `sleep` fires.
     fires_at: Option<Instant>,
+    /// The waker `sleep` last returned `Pending` to, which it wakes when it fires.
+    waiting_with: Option<Waker>,
 }
 
 impl ConnectionTimer {
@@ -296,14 +302,24 @@ impl ConnectionTimer {
                 let wait = deadline.saturating_duration_since(Instant::now());
                 self.sleep = Some(Box::pin(fast_sleep(wait)));
                 self.fires_at = Some(deadline);
+                self.waiting_with = None;
+            }
+            if let (Some(waker), Some(at)) = (&self.waiting_with, self.fires_at) {
+                if waker.will_wake(cx.waker()) && Instant::now() < at {
+                    return Poll::Pending;
+                }
             }
             let Some(sleep) = self.sleep.as_mut() else {
                 return Poll::Pending;
             };
             match sleep.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.waiting_with = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
                 Poll::Ready(()) => {
                     self.sleep = None;
+                    self.waiting_with = None;
                     if Instant::now() + TIMER_SLACK >= deadline {
                         return Poll::Ready(());
                     }

@@ -183,9 +183,11 @@ impl Gateway {
             other => other,
         };
 
+        // The answers that end the request here are boxed (`Box::pin`): they are rare, and
+        // inline their futures would enlarge every request's state, copied whole as it moves.
         if !ctx.tls {
             if let Some(tls) = live.settings.tls.as_ref().filter(|t| t.redirect_http) {
-                return redirect_to_https(session, ctx, tls.listen[0].port()).await;
+                return Box::pin(redirect_to_https(session, ctx, tls.listen[0].port())).await;
             }
         }
         let req = session.req_header();
@@ -204,7 +206,7 @@ impl Gateway {
         ctx.route = live.router.find(host, req.uri.path(), &req.method);
         if ctx.route.is_none() {
             tracing::debug!(request_id = ctx.request_id(), host = ?host, path = req.uri.path(), "no route");
-            write_error(session, ctx, 404, "no route", false).await?;
+            Box::pin(write_error(session, ctx, 404, "no route", false)).await?;
             return Ok(true);
         }
 
@@ -221,7 +223,7 @@ impl Gateway {
         };
         ctx.rate = Some(decision);
         if !decision.allowed {
-            return self.reject(session, ctx, key, "request budget spent").await;
+            return Box::pin(self.reject(session, ctx, key, "request budget spent")).await;
         }
         if rl.max_inflight_per_client > 0 {
             let (guard, count) = self.client_inflight.incr(key, 1);
@@ -235,8 +237,7 @@ impl Gateway {
                     retry_after_secs: 1,
                     ..decision
                 });
-                return self
-                    .reject(session, ctx, key, "too many concurrent requests")
+                return Box::pin(self.reject(session, ctx, key, "too many concurrent requests"))
                     .await;
             }
         }

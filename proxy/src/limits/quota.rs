@@ -84,10 +84,9 @@ impl Quota {
             };
         };
         let limits = self.limiter.limits();
-        match store
-            .check(&self.policy, &key, limits.requests, limits.window)
-            .await
-        {
+        // Boxed: inline, the store's round trip would enlarge every request's state, which is
+        // copied whole as it moves (local checks included).
+        match Box::pin(store.check(&self.policy, &key, limits.requests, limits.window)).await {
             Ok(decision) => Checked {
                 decision: Some(decision),
                 shared: true,
