@@ -8,6 +8,7 @@
 #                     [--skip-sweep] [--skip-clients] [--skip-conns] [--skip-memory] [--no-build] [--out DIR]
 #   loadtest/bench.sh --tls [--rounds N] [--duration S] [--workers N] [--connections C]
 #                     [--wrk-threads T] [--backend-workers N] [--hs-burst N] [--hs-threads T]
+#                     [--hs-rounds N] [--hs-duration S]
 #                     [--no-build] [--out DIR]
 #
 # Defaults: 45 rounds of 5 slots of 2 s in the main part (--rounds; --duration sets the slot), 1
@@ -17,7 +18,7 @@
 #   (warm-up 8 x 2 s; 45 x 5 slots x 2 s of wrk, ~0.05 s of bookkeeping per slot) · 2. sweep
 #   ~1.7 min (20 points x 5 s) · 3. clients ~0.6 min · 4. conns ~0.9 min (4 x 12 s) ·
 #   5. memory ~1.5 min.
-# --tls defaults to 5 rounds of 10 s instead (see below).
+# --tls defaults to 36 rounds of 2 s slots instead (see below).
 # For development: loadtest/bench.sh --rounds 2 --duration 1 --skip-sweep --skip-clients --skip-conns --skip-memory
 #
 # Systems (each a separate process, all started once, measured one at a time):
@@ -84,17 +85,25 @@
 #
 # --tls runs only this comparison (none of the parts above): `ours` (as above, plus a [tls]
 # listener; its plain listener stays, unused) against nginx terminating TLS (one worker each,
-# the same two backends, upstream keepalive, X-Forwarded-For), both with the same certificate
+# the same two backends, upstream keepalive, X-Forwarded-For) and, in the keep-alive test, bare
+# Pingora with Pingora's own rustls listener (`bare`: what a Pingora proxy reaches over TLS at
+# all; bare_proxy --tls-listen, ALPN as Pingora sets it), all with the same certificate
 # (scripts/dev_certs.sh in the temp dir: ECDSA P-256), TLS 1.2 and 1.3, ALPN h2 and http/1.1
 # offered by both (tls.http2 = true; nginx `listen ... ssl http2`), clients speaking HTTP/1.1
 # to https://localhost:PORT/ (SNI sent). Resumption is offered alike (the gateway's rustls: an
 # in-memory session cache and two TLS 1.3 tickets per handshake; nginx: ssl_session_tickets on,
 # two tickets) and never taken by the handshake client, so every handshake measured is full.
-# Interleaved rounds (ours nginx ours nginx ...), each round:
-#   keep-alive  wrk -t1 -c50 -d10s --latency over HTTPS: req/s, p50/p99, CPU per 100k requests;
-#               target ours/nginx req/s >= 0.85.
+#   keep-alive  ROUNDS rounds (default 36), each of six back-to-back runs of `wrk -t1 -c50
+#               -dDURATION --latency` over HTTPS (DURATION default 2 s): every system twice,
+#               symmetric about the round's middle (X Y Z Z Y X, rotating every round), as the
+#               main part pairs ours and bare; req/s, p50/p99, CPU per 100k requests per round;
+#               ratios ours/nginx, bare/nginx and ours/bare as medians of per-round ratios with
+#               their 95% interval; target ours/nginx req/s >= 0.85 (verdict by the interval, and
+#               the same bound shown for bare/nginx). About 9 minutes at the defaults.
+#   then HS_ROUNDS (--hs-rounds, default 5) interleaved rounds (ours nginx ours nginx ...) of:
 #   handshakes  new TLS connections per second: bursts of `h2load --h1 -c N -n N -m 1
-#               -H 'Connection: close'` (N = --hs-burst, 1000) repeated for --duration seconds.
+#               -H 'Connection: close'` (N = --hs-burst, 1000) repeated for --hs-duration
+#               seconds (default 10) per system and round.
 #               With -n equal to -c every h2load client makes one connection, with a TLS
 #               session of its own (nothing to resume), sends one request and is done. (A
 #               client that sends several requests on new connections -- h2load -c 50 -n 2000
@@ -106,8 +115,8 @@
 #               crypto per handshake as the server or more: it verifies the signature the server
 #               makes): then compare CPU per connection.
 # Results: loadtest/results/bench_tls.{md,json}. Needs h2load (apt-get install -y
-# nghttp2-client) and openssl besides wrk, nginx and curl. HS_BURST and HS_THREADS may come
-# from the environment too.
+# nghttp2-client) and openssl besides wrk, nginx and curl. HS_BURST, HS_THREADS, HS_ROUNDS and
+# HS_DURATION may come from the environment too.
 # Settings may also come from the environment: ROUNDS, DURATION, WORKERS, CONNECTIONS,
 # WRK_THREADS, SWEEP_DURATION, BACKEND_WORKERS, CLIENTS, CLIENT_ROUNDS, CONN_DURATION, CONN_WARM,
 # WARMUP, KEEP_TMP=1 (keep configs and raw output).
@@ -118,7 +127,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/../scripts/lib.sh"
 bench_init
 
-# ROUNDS and DURATION default by mode (main: 45 x 2 s slots; --tls: 5 x 10 s), after the options.
+# ROUNDS and DURATION default by mode (main: 45 x 2 s slots; --tls: 36 x 2 s), after the options.
 ROUNDS=${ROUNDS:-}
 DURATION=${DURATION:-}
 WORKERS=${WORKERS:-1}
@@ -136,6 +145,8 @@ CONN_WARM=${CONN_WARM:-2}
 WARMUP=${WARMUP:-2}
 HS_BURST=${HS_BURST:-1000}
 HS_THREADS=${HS_THREADS:-1}
+HS_ROUNDS=${HS_ROUNDS:-5}
+HS_DURATION=${HS_DURATION:-10}
 OUT="$ROOT/loadtest/results"
 BUILD=1
 TLS=0
@@ -163,6 +174,8 @@ while (($#)); do
     --tls) TLS=1; shift ;;
     --hs-burst) HS_BURST=$2; shift 2 ;;
     --hs-threads) HS_THREADS=$2; shift 2 ;;
+    --hs-rounds) HS_ROUNDS=$2; shift 2 ;;
+    --hs-duration) HS_DURATION=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -170,8 +183,8 @@ while (($#)); do
   esac
 done
 if ((TLS)); then
-  ROUNDS=${ROUNDS:-5}
-  DURATION=${DURATION:-10}
+  ROUNDS=${ROUNDS:-36}
+  DURATION=${DURATION:-2}
 else
   ROUNDS=${ROUNDS:-45}
   DURATION=${DURATION:-2}
@@ -185,7 +198,7 @@ RUN_T0=$(now_ms)
 # --- --tls: ours against nginx, both terminating TLS (see the header) ------------------------
 # Runs instead of everything below and exits.
 if ((TLS)); then
-  for v in HS_BURST HS_THREADS; do
+  for v in HS_BURST HS_THREADS HS_ROUNDS HS_DURATION; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || log_die "$v must be a positive integer (got '${!v}')"
   done
   # A burst is accepted from the listen queue (backlog 4096 for both, capped by somaxconn):
@@ -195,6 +208,7 @@ if ((TLS)); then
   ((HS_BURST <= 4096 && HS_BURST <= somaxconn)) ||
     log_die "--hs-burst must stay within the listen backlog (4096, net.core.somaxconn = $somaxconn)"
   ((HS_THREADS <= HS_BURST)) || log_die "--hs-threads must not exceed --hs-burst"
+  ((HS_ROUNDS <= 100 && HS_DURATION <= 600)) || log_die "--hs-rounds <= 100, --hs-duration <= 600"
   nofile=$(ulimit -n)
   [[ $nofile == unlimited ]] || ((2 * HS_BURST + 256 <= nofile)) ||
     log_die "--hs-burst $HS_BURST needs ulimit -n >= $((2 * HS_BURST + 256)) (it is $nofile); lower it or raise the limit"
@@ -223,7 +237,11 @@ if ((TLS)); then
   read -r port admin tls_port <<<"$(free_ports 3)"
   start_ours_tls ours "$port" "$admin" "$tls_port" "$WORKERS" "$CERTS" true
   start_nginx_tls_proxy nginx "$(free_port)" "$WORKERS" "$CERTS" true
-  TLS_SYSTEMS=(ours nginx)
+  read -r port tls_port <<<"$(free_ports 2)"
+  start_bare_tls bare "$port" "$tls_port" "$WORKERS" "$CERTS"
+  TLS_SYSTEMS=(ours bare nginx)
+  # The handshake part compares the gateway with nginx only.
+  HS_SYSTEMS=(ours nginx)
 
   # What each system offers and what a client gets: HTTP/2 by ALPN (curl --http2), and, through
   # OpenSSL as wrk uses it, the protocol, cipher, key exchange and the session tickets sent
@@ -252,7 +270,8 @@ if ((TLS)); then
  "load_before": "$(cut -d' ' -f1-3 /proc/loadavg)",
  "rounds": $ROUNDS, "duration_s": $DURATION, "workers": $WORKERS, "connections": $CONNECTIONS,
  "wrk_threads": $WRK_THREADS, "backend_workers": $BACKEND_WORKERS, "warmup_s": $WARMUP,
- "hs_burst": $HS_BURST, "hs_threads": $HS_THREADS, "clk_tck": $CLK_TCK,
+ "hs_burst": $HS_BURST, "hs_threads": $HS_THREADS, "hs_rounds": $HS_ROUNDS, "hs_duration_s": $HS_DURATION,
+ "clk_tck": $CLK_TCK,
  "versions": {"nginx": "$(nginx -v 2>&1 | sed 's/.*\///')", "wrk": "$(wrk -v 2>&1 | awk 'NR==1 {print $2}')",
               "h2load": "$(h2load --version 2>&1 | awk 'NR==1 {print $2}')", "openssl": "$(openssl version | awk '{print $2}')",
               "rustls": "$(awk '$0 == "name = \"rustls\"" {getline; gsub(/[^0-9.]/, ""); print; exit}' "$ROOT/Cargo.lock")",
@@ -299,26 +318,39 @@ EOF
     echo "$((t1 - t0)) $((w1 - w0)) ${cpu:-0}"
   }
 
-  log "warm-up: ${WARMUP}s of wrk and one h2load burst per system"
+  log "warm-up: ${WARMUP}s of wrk per system, one h2load burst per system of the handshake part"
   for sys in "${TLS_SYSTEMS[@]}"; do
     tls_keepalive "$sys" "$WARMUP" "$RAW/warmup_$sys.txt" >/dev/null
+  done
+  for sys in "${HS_SYSTEMS[@]}"; do
     tls_handshakes "$sys" 0 "$RAW/warmup_hs_$sys" $((HS_BURST < 200 ? HS_BURST : 200)) >/dev/null
   done
   hs_failures0=$(ours_metric_sum "${SYS_ADMIN[ours]}" '^gateway_tls_handshake_failures_total')
 
-  printf 'system\tround\tfile\tticks\n' >"$RAW/tls_keepalive.tsv"
-  printf 'system\tround\tdir\tticks\twall_ms\tclient_cpu_s\n' >"$RAW/tls_handshakes.tsv"
+  # Keep-alive: per round every system twice, symmetric about the round's middle (X Y Z Z Y X),
+  # so a linear drift within the round affects all three alike; X, Y, Z rotate every round.
+  printf 'system\tround\tslot\tfile\tticks\n' >"$RAW/tls_keepalive.tsv"
+  head -n 1 /proc/stat >"$RAW/stat_keepalive_start"
+  n=${#TLS_SYSTEMS[@]}
   for ((r = 1; r <= ROUNDS; r++)); do
-    for sys in "${TLS_SYSTEMS[@]}"; do
-      log "keep-alive: round $r/$ROUNDS $sys (wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, HTTPS)"
-      f="$RAW/keepalive_${sys}_$r.txt"
+    order=()
+    for ((i = 0; i < n; i++)); do order+=("${TLS_SYSTEMS[$(((r - 1 + i) % n))]}"); done
+    for ((i = n - 1; i >= 0; i--)); do order+=("${order[$i]}"); done
+    log "keep-alive: round $r/$ROUNDS: ${order[*]} (wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s each, HTTPS)"
+    for ((i = 0; i < ${#order[@]}; i++)); do
+      sys=${order[$i]}
+      f="$RAW/keepalive_${sys}_${r}_$i.txt"
       ticks=$(tls_keepalive "$sys" "$DURATION" "$f")
-      printf '%s\t%d\t%s\t%d\n' "$sys" "$r" "$f" "$ticks" >>"$RAW/tls_keepalive.tsv"
+      printf '%s\t%d\t%d\t%s\t%d\n' "$sys" "$r" "$i" "$f" "$ticks" >>"$RAW/tls_keepalive.tsv"
     done
-    for sys in "${TLS_SYSTEMS[@]}"; do
-      log "handshakes: round $r/$ROUNDS $sys (h2load --h1 -t$HS_THREADS -c$HS_BURST -n$HS_BURST bursts for ${DURATION}s)"
+  done
+  head -n 1 /proc/stat >"$RAW/stat_keepalive_end"
+  printf 'system\tround\tdir\tticks\twall_ms\tclient_cpu_s\n' >"$RAW/tls_handshakes.tsv"
+  for ((r = 1; r <= HS_ROUNDS; r++)); do
+    for sys in "${HS_SYSTEMS[@]}"; do
+      log "handshakes: round $r/$HS_ROUNDS $sys (h2load --h1 -t$HS_THREADS -c$HS_BURST -n$HS_BURST bursts for ${HS_DURATION}s)"
       d="$RAW/handshakes_${sys}_$r"
-      read -r ticks wall cpu <<<"$(tls_handshakes "$sys" "$DURATION" "$d")"
+      read -r ticks wall cpu <<<"$(tls_handshakes "$sys" "$HS_DURATION" "$d")"
       printf '%s\t%d\t%s\t%d\t%d\t%s\n' "$sys" "$r" "$d" "$ticks" "$wall" "$cpu" >>"$RAW/tls_handshakes.tsv"
     done
   done
@@ -333,12 +365,14 @@ from pathlib import Path
 
 raw, out, here = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 sys.path.insert(0, here)
-from bench_report import fmt, md_table, median, median_ci, parse_wrk  # noqa: E402
+from bench_report import cpu_usage, fmt, md_table, median, median_ci, parse_wrk, verdict  # noqa: E402
 
 meta = json.loads((raw / "meta.json").read_text())
 meta.update(json.loads((raw / "after.json").read_text()))
 clk = meta["clk_tck"]
-SYSTEMS = ["ours", "nginx"]
+SYSTEMS = ["ours", "bare", "nginx"]
+HS_SYSTEMS = ["ours", "nginx"]
+PAIRS = [("ours", "nginx"), ("bare", "nginx"), ("ours", "bare")]
 TARGET = 0.85
 
 
@@ -386,19 +420,31 @@ def div(a, b):
     return a / b if a is not None and b else None
 
 
-# Keep-alive.
-ka = {s: [] for s in SYSTEMS}
+# Keep-alive: per system and round, its slots pooled (req/s over their time, p50/p99 their mean).
+slots = {}
 for r in rows("tls_keepalive.tsv"):
     w = parse_wrk(r["file"])
-    w["round"] = int(r["round"])
-    w["cpu_s_per_100k"] = div(int(r["ticks"]) / clk * 100_000, w["requests"])
-    w["errors"] = w["non2xx"] + w["socket_errors"]
-    ka[r["system"]].append(w)
+    w["ticks"] = int(r["ticks"])
+    slots.setdefault(r["system"], {}).setdefault(int(r["round"]), []).append(w)
+ka = {s: [] for s in SYSTEMS}
+for s_, by_round in slots.items():
+    for rnd, ws in sorted(by_round.items()):
+        req = sum(w["requests"] for w in ws)
+        secs = [w["seconds"] for w in ws]
+        p50 = [w["p50_ms"] for w in ws if w["p50_ms"] is not None]
+        p99 = [w["p99_ms"] for w in ws if w["p99_ms"] is not None]
+        ka[s_].append({
+            "round": rnd, "slots": len(ws), "requests": req,
+            "rps": req / sum(secs) if all(secs) else statistics.mean(w["rps"] for w in ws),
+            "p50_ms": statistics.mean(p50) if p50 else None, "p99_ms": statistics.mean(p99) if p99 else None,
+            "cpu_s_per_100k": div(sum(w["ticks"] for w in ws) / clk * 100_000, req),
+            "errors": sum(w["non2xx"] + w["socket_errors"] for w in ws)})
+usage = cpu_usage(raw, "stat_keepalive_start", "stat_keepalive_end")
 ka_summary = {s: {k: median([x[k] for x in ka[s]]) for k in ("rps", "p50_ms", "p99_ms", "cpu_s_per_100k")}
               | {"errors": sum(x["errors"] for x in ka[s]), "rounds": ka[s]} for s in SYSTEMS}
 
 # Handshakes.
-hs = {s: [] for s in SYSTEMS}
+hs = {s: [] for s in HS_SYSTEMS}
 for r in rows("tls_handshakes.tsv"):
     bursts = [parse_h2load(p) for p in sorted(Path(r["dir"]).glob("burst_*.txt"))]
     conns = sum(b["ok_2xx"] for b in bursts)
@@ -418,23 +464,25 @@ for r in rows("tls_handshakes.tsv"):
 hs_summary = {s: {k: median([x[k] for x in hs[s]]) for k in
                   ("per_s", "server_us_per_conn", "client_us_per_conn", "server_busy", "client_busy")}
               | {"connections": sum(x["connections"] for x in hs[s]), "errors": sum(x["errors"] for x in hs[s]),
-                 "rounds": hs[s]} for s in SYSTEMS}
+                 "rounds": hs[s]} for s in HS_SYSTEMS}
 
 
-def per_round_ratio(data, key, a="ours", b="nginx"):
+def per_round_ratio(data, key, rounds, a="ours", b="nginx"):
     by = {s: {x["round"]: x.get(key) for x in data[s]} for s in (a, b)}
-    return [div(by[a].get(n), by[b].get(n)) for n in range(1, meta["rounds"] + 1)]
+    return [div(by[a].get(n), by[b].get(n)) for n in range(1, rounds + 1)]
 
 
+KA_METRICS = [("rps", "req/s"), ("p99_ms", "p99"), ("cpu_s_per_100k", "CPU / request")]
+ka_ratios = {f"{a}/{b}": {k: ratio_summary(per_round_ratio(ka, k, meta["rounds"], a, b)) for k, _ in KA_METRICS}
+             for a, b in PAIRS}
 ratios = {
-    "keepalive_rps": ratio_summary(per_round_ratio(ka, "rps")),
-    "keepalive_p99": ratio_summary(per_round_ratio(ka, "p99_ms")),
-    "keepalive_cpu_per_req": ratio_summary(per_round_ratio(ka, "cpu_s_per_100k")),
-    "handshakes_per_s": ratio_summary(per_round_ratio(hs, "per_s")),
-    "handshake_server_cpu_per_conn": ratio_summary(per_round_ratio(hs, "server_us_per_conn")),
+    "keepalive": ka_ratios,
+    "handshakes_per_s": ratio_summary(per_round_ratio(hs, "per_s", meta["hs_rounds"])),
+    "handshake_server_cpu_per_conn": ratio_summary(per_round_ratio(hs, "server_us_per_conn", meta["hs_rounds"])),
 }
-ka_ratio = ratios["keepalive_rps"]["median"]
+ka_ratio = ka_ratios["ours/nginx"]["rps"]["median"]
 target_met = None if ka_ratio is None else ka_ratio >= TARGET
+verdicts = {pair: verdict(ka_ratios[pair]["rps"], ">=", TARGET) for pair in ("ours/nginx", "bare/nginx")}
 
 
 def rfmt(r, digits=3):
@@ -456,38 +504,47 @@ md = ["# Gateway benchmark: TLS termination", "",
       f"h2load {v['h2load']}, OpenSSL {v['openssl']} (clients, nginx), rustls {v['rustls']} (ours), rustc {v['rustc']}", "",
       f"Each proxy: {meta['workers']} worker(s)/thread(s), round robin over 2 nginx backends (`return 200 \"ok\"`, "
       f"{meta['backend_workers']} worker(s) each), upstream keepalive, X-Forwarded-For. `ours` is the gateway as in "
-      "bench.md (rate limiting on, never reached; metrics; headers) with a `[tls]` listener; `nginx` terminates TLS "
-      "with `ssl_session_cache none; ssl_session_tickets on;`. Same certificate for both (scripts/dev_certs.sh: ECDSA "
-      "P-256), TLS 1.2–1.3, ALPN h2 and http/1.1 offered by both; the clients speak HTTP/1.1 to "
-      f"https://localhost:PORT/ (SNI sent). {meta['rounds']} interleaved rounds (ours, nginx, ...) of "
-      f"{meta['duration_s']} s per test; medians over rounds; ratios are medians of per-round ratios (min–max) "
-      "with a distribution-free confidence interval of the median (order statistics of the per-round ratios, "
-      "binomial method; its coverage in brackets: 95% or more from 6 rounds on, below 6 rounds min–max).", "",
+      "bench.md (rate limiting on, never reached; metrics; headers) with a `[tls]` listener; `bare` is bare Pingora "
+      "(proxy/examples/bare_proxy.rs: round robin, keep-alive, X-Forwarded-For) with Pingora's own rustls listener, "
+      "what a Pingora proxy reaches over TLS without the gateway; `nginx` terminates TLS "
+      "with `ssl_session_cache none; ssl_session_tickets on;`. Same certificate for all (scripts/dev_certs.sh: ECDSA "
+      "P-256), TLS 1.2–1.3; the clients speak HTTP/1.1 to https://localhost:PORT/ (SNI sent). Ratios are medians of "
+      "per-round ratios (min–max) with a distribution-free confidence interval of the median (order statistics of "
+      "the per-round ratios, binomial method; its coverage in brackets: 95% or more from 6 rounds on, below 6 "
+      "rounds min–max).", "",
       md_table(["system", "HTTP/2 offered (ALPN)", "OpenSSL client gets", "key exchange", "session tickets sent per handshake"],
                [[f"`{s}`", info[s].get("http2_offered", "–"), info[s].get("openssl_cipher", "–"),
                  info[s].get("openssl_key_exchange", "–"), info[s].get("tickets_per_handshake", "–")] for s in SYSTEMS]),
       "",
       "## Keep-alive throughput over TLS", "",
       f"`wrk -t{meta['wrk_threads']} -c{meta['connections']} -d{meta['duration_s']}s --latency https://localhost:PORT/` "
-      "(HTTP/1.1, connections kept open: handshakes only at the start). CPU = utime+stime of the proxy's processes "
-      "per 100k requests.", "",
+      "(HTTP/1.1, connections kept open: handshakes only at each run's start). "
+      f"{meta['rounds']} rounds, each of six back-to-back runs, every system twice and symmetric about the "
+      "round's middle (X Y Z Z Y X, the order rotating every round), so a linear drift of the VM within a round "
+      "affects all three alike. Per round and system: req/s over its two runs, p50/p99 their mean, CPU = "
+      "utime+stime of the proxy's processes per 100k requests; per system the median over rounds"
+      + ("" if not usage else f"; CPU stolen by the hypervisor during the rounds {usage['steal_pct']:.1f}%, "
+         f"the CPUs {usage['busy_pct']:.0f}% busy") + ".", "",
       md_table(["system", "req/s", "p50 ms", "p99 ms", "CPU s / 100k req", "errors"],
                [[f"`{s}`", fmt(ka_summary[s]["rps"], 0), fmt(ka_summary[s]["p50_ms"], 3), fmt(ka_summary[s]["p99_ms"], 3),
                  fmt(ka_summary[s]["cpu_s_per_100k"]), ka_summary[s]["errors"]] for s in SYSTEMS]),
       "",
-      md_table(["ratio ours / nginx", "median (min–max)", "CI of the median (coverage)", "per round"],
-               [["req/s", *rfmt(ratios["keepalive_rps"])], ["p99", *rfmt(ratios["keepalive_p99"])],
-                ["CPU / request", *rfmt(ratios["keepalive_cpu_per_req"])]]),
+      md_table(["ratio", "metric", "median (min–max)", "CI of the median (coverage)", "per round"],
+               [[f"{pair.replace('/', ' / ')}", label, *rfmt(ka_ratios[pair][k])]
+                for pair in ka_ratios for k, label in KA_METRICS]),
       "",
       f"**Target ours ≥ {TARGET} × nginx req/s: "
       + ("–" if target_met is None else ("met" if target_met else "not met")) + f"** by the median ratio "
-      f"({fmt(ka_ratio, 3)}); by its confidence interval ({rfmt(ratios['keepalive_rps'])[1]}): "
-      + ("–" if ka_ratio is None else "yes" if ratios["keepalive_rps"]["ci_low"] >= TARGET
-         else "no" if ratios["keepalive_rps"]["ci_high"] < TARGET else "undecided") + ".",
+      f"({fmt(ka_ratio, 3)}); by its confidence interval ({rfmt(ka_ratios['ours/nginx']['rps'])[1]}): "
+      f"{verdicts['ours/nginx']}. The same bound for bare Pingora (bare / nginx, "
+      f"{fmt(ka_ratios['bare/nginx']['rps']['median'], 3)}, CI {rfmt(ka_ratios['bare/nginx']['rps'])[1]}): "
+      f"{verdicts['bare/nginx']}; the gateway against bare Pingora over TLS: "
+      f"{fmt(ka_ratios['ours/bare']['rps']['median'], 3)} (CI {rfmt(ka_ratios['ours/bare']['rps'])[1]}).",
       "",
       "## New TLS connections per second (full handshakes)", "",
       f"Bursts of `h2load --h1 -t{meta['hs_threads']} -c{meta['hs_burst']} -n{meta['hs_burst']} -m1 "
-      "-H 'Connection: close' https://localhost:PORT/` repeated for the round's duration: every h2load client opens "
+      f"-H 'Connection: close' https://localhost:PORT/` repeated for {meta['hs_duration_s']} s per system and round, "
+      f"{meta['hs_rounds']} interleaved rounds (ours, nginx, ...): every h2load client opens "
       "one connection with a TLS session of its own (nothing to resume: a full handshake), sends one request and "
       "is done. Rate = connections answered 2xx / h2load's running time summed over the bursts. CPU per connection: "
       "the server's (utime+stime) and h2load's; busy = CPU / time (server: over h2load's running time; h2load: over "
@@ -498,7 +555,7 @@ md = ["# Gateway benchmark: TLS termination", "",
                  fmt(hs_summary[s]["client_us_per_conn"], 0), pct(hs_summary[s]["server_busy"]),
                  pct(hs_summary[s]["client_busy"]), f"{hs_summary[s]['connections']:,}", hs_summary[s]["errors"],
                  " ".join(str(x) for x in ((hs[s][0]["tls"], hs[s][0]["cipher"], hs[s][0]["alpn"]) if hs[s] else ()) if x)]
-                for s in SYSTEMS]),
+                for s in HS_SYSTEMS]),
       "",
       md_table(["ratio ours / nginx", "median (min–max)", "CI of the median (coverage)", "per round"],
                [["connections/s", *rfmt(ratios["handshakes_per_s"])],
@@ -508,14 +565,15 @@ md = ["# Gateway benchmark: TLS termination", "",
       "the box (h2load does as much crypto per handshake as the server or more, and shares the CPUs with it); server "
       "CPU per connection is the comparable figure then.",
       f"TLS handshakes the gateway counted as failed during the rounds (gateway_tls_handshake_failures_total): "
-      f"{meta['ours_tls_handshake_failures']}; {meta['rounds']} of them expected, as each wrk run first opens and "
-      "closes one bare TCP connection to test the address.",
+      f"{meta['ours_tls_handshake_failures']}; {2 * meta['rounds']} of them expected, as each wrk run (two per "
+      "round against `ours`) first opens and closes one bare TCP connection to test the address.",
       ]
 text = "\n".join(md) + "\n"
 (out / "bench_tls.md").write_text(text)
 print(text)
 (out / "bench_tls.json").write_text(json.dumps({
     "meta": meta, "offered": info, "target_keepalive_ratio": TARGET, "target_met": target_met,
+    "verdicts": verdicts, "keepalive_cpu_usage": usage,
     "keepalive": ka_summary, "handshakes": hs_summary, "ratios": ratios}, indent=1) + "\n")
 PY
   exit 0

@@ -549,7 +549,7 @@ check_binaries() {
   [[ -x "$BARE_BIN" ]] || log_die "$BARE_BIN missing (run without --no-build)"
 }
 
-# The interleaved-rounds wrk benchmarks (bench_routes.sh, bench_tail.sh, bench_tls_ceiling.sh)
+# The interleaved-rounds wrk benchmarks (bench_routes.sh, bench_tail.sh)
 # start with bench_rounds_args "$@", then bench_rounds_setup.
 
 # bench_rounds_args ARGS...: their command line. The caller sets the defaults first: ROUNDS,
@@ -920,6 +920,23 @@ start_nginx_tls_proxy() {
   SYS_PID[$name]=$SPAWNED_PID
   SYS_TLS_ADDR[$name]="localhost:$port"
   wait_serving_tls "https://localhost:$port/" "$certs/ca.pem" "$SPAWNED_PID" "$dir/logs/error.log"
+}
+
+# start_bare_tls NAME PORT TLS_PORT THREADS CERT_DIR: bare Pingora (BARE_BIN) on 127.0.0.1:PORT and
+# with Pingora's own rustls listener on 127.0.0.1:TLS_PORT (CERT_DIR/localhost.{pem,key}), to the
+# backends of BACKENDS_ARGS. Sets SYS_PID[NAME], SYS_ADDR[NAME] and SYS_TLS_ADDR[NAME] =
+# localhost:TLS_PORT; returns once it answers 200 over HTTPS (certificate checked).
+start_bare_tls() {
+  local name=$1 port=$2 tls_port=$3 threads=$4 certs=$5 dir="$WORK_DIR/$1"
+  mkdir -p "$dir"
+  # shellcheck disable=SC2086
+  spawn "$dir/stdout.log" "$BARE_BIN" --listen "127.0.0.1:$port" --threads "$threads" \
+    --tls-listen "127.0.0.1:$tls_port" --tls-cert "$certs/localhost.pem" \
+    --tls-key "$certs/localhost.key" $BACKENDS_ARGS
+  SYS_PID[$name]=$SPAWNED_PID
+  SYS_ADDR[$name]="127.0.0.1:$port"
+  SYS_TLS_ADDR[$name]="localhost:$tls_port"
+  wait_serving_tls "https://localhost:$tls_port/" "$certs/ca.pem" "$SPAWNED_PID" "$dir/stdout.log"
 }
 
 # start_redis NAME PORT: redis-server on 127.0.0.1:PORT with persistence off (no RDB snapshots,
