@@ -191,15 +191,7 @@ key_prefix = \"gateway:rl:\"" start_ours "$sys" "$port" "$admin" 1 $'true\nstore
       ;;
     bare+tls)
       make_certs
-      mkdir -p "$WORK_DIR/$sys"
-      # shellcheck disable=SC2086
-      REAL_BIN=$real_bare spawn "$WORK_DIR/$sys/stdout.log" "$BARE_BIN" --listen "127.0.0.1:$port" \
-        --threads 1 --tls-listen "127.0.0.1:$tls_port" --tls-cert "$CERTS/localhost.pem" \
-        --tls-key "$CERTS/localhost.key" $BACKENDS_ARGS
-      SYS_PID[$sys]=$SPAWNED_PID
-      SYS_TLS_ADDR[$sys]="localhost:$tls_port"
-      wait_serving_tls "https://localhost:$tls_port$WRK_PATH" "$CERTS/ca.pem" "$SPAWNED_PID" \
-        "$WORK_DIR/$sys/stdout.log"
+      REAL_BIN=$real_bare start_bare_tls "$sys" "$port" "$tls_port" 1 "$CERTS"
       URL="https://${SYS_TLS_ADDR[$sys]}$WRK_PATH"
       return
       ;;
