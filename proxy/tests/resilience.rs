@@ -263,6 +263,54 @@ async fn with_two_of_three_faulty_and_fifty_percent_only_one_is_ejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_removed_by_reload_while_ejected_leaves_its_place_in_the_share() {
+    // Three backends at 50%: one may be out. b goes out, then a reload replaces it with d.
+    let (a, b, c) = Backend::start_abc();
+    let proxy = Proxy::start(&[&a, &b, &c], &format!("{NO_LIMIT}{}", outlier(2, 300, 50))).await;
+    set_fault(&b, r#"{"status": 500}"#).await;
+    for _ in 0..30 {
+        if ejected(&proxy, &b).await == 1.0 {
+            break;
+        }
+        send(&proxy, "GET", "/").await;
+    }
+    assert_eq!(ejected(&proxy, &b).await, 1.0, "b is ejected");
+
+    let d = Backend::start("d");
+    proxy.rewrite_config(&format!(
+        "[upstream]\nbackends = [\"{}\", \"{}\", \"{}\"]\n",
+        a.addr, c.addr, d.addr
+    ));
+    proxy.signal("HUP");
+    let d_serves = wait_until(Duration::from_secs(15), || async {
+        answered_by(&send(&proxy, "GET", "/").await) == "d"
+    })
+    .await;
+    assert!(d_serves, "d never answered after the reload");
+
+    // b's ejection (300 s) is still running, but b is no longer a member: c may be ejected.
+    set_fault(&c, r#"{"status": 500}"#).await;
+    for _ in 0..30 {
+        if ejected(&proxy, &c).await == 1.0 {
+            break;
+        }
+        send(&proxy, "GET", "/").await;
+    }
+    assert_eq!(
+        ejected(&proxy, &c).await,
+        1.0,
+        "c stays in: the removed b still counts toward the share"
+    );
+    assert_eq!(faulted(&c).await, 2, "c was ejected at the threshold");
+    let ready = get(proxy.admin, "/ready").await.json();
+    assert_eq!(
+        ready["upstreams"]["default"]["ejected"],
+        serde_json::json!([c.addr.to_string()]),
+        "{ready}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_keeps_attempts_near_the_requests_when_every_backend_resets() {
     let (a, b, c) = Backend::start_abc();
     let backends = [&a, &b, &c];

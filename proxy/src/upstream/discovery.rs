@@ -136,6 +136,16 @@ impl ConfiguredBackends {
         self.list.load_full()
     }
 
+    /// How many of the configured backends are ejected now (a removed one stops counting at
+    /// the discovery round that sees it gone, within a second of the reload).
+    pub fn ejected_members(&self) -> usize {
+        self.infos
+            .lock()
+            .values()
+            .filter(|i| i.outlier.is_ejected())
+            .count()
+    }
+
     /// Drops every series of the group's backends: the group left the configuration.
     pub fn retire(&self) {
         for label in self.infos.lock().drain().map(|(l, _)| l) {

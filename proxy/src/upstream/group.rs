@@ -25,7 +25,7 @@ use crate::upstream::discovery::{ConfiguredBackends, Resolve};
 use crate::upstream::health::{build_balancer, TlsPeer};
 use crate::upstream::least_requests::LeastRequests;
 use crate::upstream::load::GroupLoad;
-use crate::upstream::outlier::{Ejections, Verdict};
+use crate::upstream::outlier::{Ejections, Members, Verdict};
 use crate::upstream::round_robin::{Pick, SmoothRoundRobin};
 use crate::upstream::service::UpstreamService;
 use crate::upstream::BackendInfo;
@@ -112,7 +112,10 @@ impl GroupCore {
         if settings.consecutive_failures == 0 {
             return;
         }
-        let members = if ok { 0 } else { self.backends.list().len() };
+        let members = || Members {
+            total: self.backends.list().len(),
+            ejected: self.backends.ejected_members(),
+        };
         match self.ejections.record(settings, backend, ok, members) {
             Verdict::Kept => {}
             Verdict::CapReached => tracing::debug!(

@@ -57,8 +57,17 @@ pub enum Verdict {
     CapReached,
 }
 
+/// A group's size now and how many of its backends are ejected, for the share cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Members {
+    pub total: usize,
+    pub ejected: usize,
+}
+
 /// A group's ejections: how many of its backends are out, and the clock their times use.
 pub struct Ejections {
+    /// Ejections not yet undone, of current and of removed backends (whose timers still run):
+    /// a hint for picks, not the share cap's count.
     ejected: AtomicUsize,
     /// Serializes ejection decisions so the share cap holds under concurrent failures.
     decide: Mutex<()>,
@@ -81,7 +90,7 @@ impl Ejections {
         self.ejected.load(Ordering::Relaxed) > 0
     }
 
-    /// Backends ejected now.
+    /// Ejections not yet undone (removed backends' included).
     pub fn count(&self) -> usize {
         self.ejected.load(Ordering::Relaxed)
     }
@@ -90,13 +99,16 @@ impl Ejections {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Records one attempt's outcome at `backend`, a member of a group of `members` backends.
+    /// Records one attempt's outcome at `backend`. `members` says, when an ejection is being
+    /// decided, how many backends the group has now and how many of them are ejected: the share
+    /// cap counts current members only, so a backend that a reload removed while it was out
+    /// leaves its place at once rather than when its timer ends.
     pub fn record(
         &self,
         settings: &OutlierSettings,
         backend: &BackendInfo,
         ok: bool,
-        members: usize,
+        members: impl FnOnce() -> Members,
     ) -> Verdict {
         let o = &backend.outlier;
         if ok {
@@ -121,9 +133,10 @@ impl Ejections {
         if o.is_ejected() {
             return Verdict::Kept;
         }
+        let Members { total, ejected } = members();
         let cap =
-            (members * settings.max_ejected_percent as usize / 100).min(members.saturating_sub(1));
-        if self.ejected.load(Ordering::Relaxed) >= cap {
+            (total * settings.max_ejected_percent as usize / 100).min(total.saturating_sub(1));
+        if ejected >= cap {
             return Verdict::CapReached;
         }
         let times = o.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
@@ -183,24 +196,32 @@ mod tests {
         }
     }
 
+    /// A group of `total` backends whose known members are `infos` (the others not ejected),
+    /// as it is when the call is made.
+    fn group(total: usize, infos: &[&Arc<BackendInfo>]) -> impl FnOnce() -> Members {
+        let ejected = infos.iter().filter(|i| i.outlier.is_ejected()).count();
+        move || Members { total, ejected }
+    }
+
     #[test]
     fn the_threshold_th_failure_in_a_row_ejects_and_a_success_resets_the_streak() {
         let e = Ejections::default();
         let s = settings(3, 50);
         let b = backend_info("a");
-        assert_eq!(e.record(&s, &b, false, 3), Verdict::Kept);
-        assert_eq!(e.record(&s, &b, false, 3), Verdict::Kept);
-        assert_eq!(e.record(&s, &b, true, 3), Verdict::Kept);
-        assert_eq!(e.record(&s, &b, false, 3), Verdict::Kept);
-        assert_eq!(e.record(&s, &b, false, 3), Verdict::Kept);
+        let g = || group(3, &[&b]);
+        assert_eq!(e.record(&s, &b, false, g()), Verdict::Kept);
+        assert_eq!(e.record(&s, &b, false, g()), Verdict::Kept);
+        assert_eq!(e.record(&s, &b, true, g()), Verdict::Kept);
+        assert_eq!(e.record(&s, &b, false, g()), Verdict::Kept);
+        assert_eq!(e.record(&s, &b, false, g()), Verdict::Kept);
         assert_eq!(
-            e.record(&s, &b, false, 3),
+            e.record(&s, &b, false, g()),
             Verdict::Ejected(Duration::from_secs(30))
         );
         assert!(b.outlier.is_ejected());
         assert_eq!(e.count(), 1);
         // Failures reported while it is out change nothing.
-        assert_eq!(e.record(&s, &b, false, 3), Verdict::Kept);
+        assert_eq!(e.record(&s, &b, false, g()), Verdict::Kept);
         assert_eq!(e.count(), 1);
     }
 
@@ -209,28 +230,65 @@ mod tests {
         let e = Ejections::default();
         let s = settings(1, 50);
         let (a, b) = (backend_info("a"), backend_info("b"));
-        assert!(matches!(e.record(&s, &a, false, 3), Verdict::Ejected(_)));
-        assert_eq!(e.record(&s, &b, false, 3), Verdict::CapReached);
+        assert!(matches!(
+            e.record(&s, &a, false, group(3, &[&a, &b])),
+            Verdict::Ejected(_)
+        ));
+        assert_eq!(
+            e.record(&s, &b, false, group(3, &[&a, &b])),
+            Verdict::CapReached
+        );
         assert!(!b.outlier.is_ejected());
         // 100% of two backends still leaves one.
         let e = Ejections::default();
         let s = settings(1, 100);
+        let (a, b) = (backend_info("a"), backend_info("b"));
         assert!(matches!(
-            e.record(&s, &a_fresh(), false, 2),
+            e.record(&s, &a, false, group(2, &[&a, &b])),
             Verdict::Ejected(_)
         ));
-        assert_eq!(e.record(&s, &b_fresh(), false, 2), Verdict::CapReached);
+        assert_eq!(
+            e.record(&s, &b, false, group(2, &[&a, &b])),
+            Verdict::CapReached
+        );
         // A group of one never ejects.
         let e = Ejections::default();
-        assert_eq!(e.record(&s, &a_fresh(), false, 1), Verdict::CapReached);
+        let a = backend_info("a");
+        assert_eq!(
+            e.record(&s, &a, false, group(1, &[&a])),
+            Verdict::CapReached
+        );
     }
 
-    fn a_fresh() -> Arc<BackendInfo> {
-        backend_info("a")
-    }
-
-    fn b_fresh() -> Arc<BackendInfo> {
-        backend_info("b")
+    #[test]
+    fn a_backend_removed_while_ejected_leaves_its_place_in_the_share_at_once() {
+        let e = Ejections::default();
+        let s = settings(1, 50);
+        let (a, b, c, d) = (
+            backend_info("a"),
+            backend_info("b"),
+            backend_info("c"),
+            backend_info("d"),
+        );
+        assert!(matches!(
+            e.record(&s, &b, false, group(3, &[&a, &b, &c])),
+            Verdict::Ejected(_)
+        ));
+        assert_eq!(
+            e.record(&s, &c, false, group(3, &[&a, &b, &c])),
+            Verdict::CapReached
+        );
+        // A reload replaces b (still ejected, its timer running) with d: the group has three
+        // members again, none of them out, so c may go.
+        assert!(b.outlier.is_ejected());
+        assert!(matches!(
+            e.record(&s, &c, false, group(3, &[&a, &c, &d])),
+            Verdict::Ejected(_)
+        ));
+        // b's timer still ends its ejection and the count of undone ejections.
+        assert_eq!(e.count(), 2);
+        assert!(e.readmit(&b));
+        assert_eq!(e.count(), 1);
     }
 
     #[test]
@@ -238,22 +296,23 @@ mod tests {
         let e = Ejections::default();
         let s = settings(2, 50);
         let b = backend_info("a");
-        e.record(&s, &b, false, 2);
+        let g = || group(2, &[&b]);
+        e.record(&s, &b, false, g());
         assert_eq!(
-            e.record(&s, &b, false, 2),
+            e.record(&s, &b, false, g()),
             Verdict::Ejected(Duration::from_secs(30))
         );
         assert!(e.readmit(&b));
         assert!(!e.readmit(&b), "readmitting twice does nothing");
         assert_eq!(e.count(), 0);
         assert_eq!(
-            e.record(&s, &b, false, 2),
+            e.record(&s, &b, false, g()),
             Verdict::Ejected(Duration::from_secs(60))
         );
         // A good answer after the return ends probation: the streak is needed again.
         assert!(e.readmit(&b));
-        assert_eq!(e.record(&s, &b, true, 2), Verdict::Kept);
-        assert_eq!(e.record(&s, &b, false, 2), Verdict::Kept);
+        assert_eq!(e.record(&s, &b, true, g()), Verdict::Kept);
+        assert_eq!(e.record(&s, &b, false, g()), Verdict::Kept);
     }
 
     #[test]
@@ -262,7 +321,7 @@ mod tests {
         let s = settings(0, 100);
         let b = backend_info("a");
         for _ in 0..100 {
-            assert_eq!(e.record(&s, &b, false, 3), Verdict::Kept);
+            assert_eq!(e.record(&s, &b, false, group(3, &[&b])), Verdict::Kept);
         }
         assert!(!b.outlier.is_ejected());
     }
