@@ -304,8 +304,11 @@ impl ConnectionTimer {
                 self.fires_at = Some(deadline);
                 self.waiting_with = None;
             }
+            // Pingora's timer fires at most a millisecond before its time (it rounds up to its
+            // 10 ms tick), so from TIMER_SLACK before it on, a wake-up may be the timer's own,
+            // which only polling it again can tell.
             if let (Some(waker), Some(at)) = (&self.waiting_with, self.fires_at) {
-                if waker.will_wake(cx.waker()) && Instant::now() < at {
+                if waker.will_wake(cx.waker()) && Instant::now() + TIMER_SLACK < at {
                     return Poll::Pending;
                 }
             }
@@ -432,6 +435,31 @@ impl Drop for GaugeGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_header_deadline_fires_even_when_the_timer_is_early() {
+        // Pingora's timer may fire up to a millisecond before a deadline. A connection that
+        // took that wake-up for a spurious one and did not poll the timer again would never be
+        // woken for its deadline. 2,000 deadlines 100 µs apart cover every sub-millisecond
+        // offset across twenty of the timer's 10 ms ticks.
+        let start = Instant::now() + Duration::from_millis(20);
+        let waits: Vec<_> = (0..2000u64)
+            .map(|i| {
+                let deadline = start + Duration::from_micros(i * 100);
+                tokio::spawn(async move {
+                    let mut timer = ConnectionTimer::default();
+                    std::future::poll_fn(|cx| timer.poll_deadline(cx, deadline)).await;
+                    assert!(Instant::now() + TIMER_SLACK >= deadline, "fired too early");
+                })
+            })
+            .collect();
+        for (i, wait) in waits.into_iter().enumerate() {
+            tokio::time::timeout(Duration::from_secs(20), wait)
+                .await
+                .unwrap_or_else(|_| panic!("deadline {i} never reached its connection"))
+                .unwrap();
+        }
+    }
 
     fn key(s: &str) -> Option<ClientKey> {
         Some(ClientKey::from_ip(s.parse().unwrap()))
