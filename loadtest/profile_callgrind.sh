@@ -488,7 +488,7 @@ print()
 inside = [
     ("`proxy_headers::add_upstream_headers` (X-Forwarded-*, X-Request-Id, Via, configured header)", r"^proxy::gateway::proxy_headers::add_upstream_headers$"),
     ("`proxy_headers::add_downstream_headers` (response headers: X-Request-Id, Via, configured header, ...)", r"^proxy::gateway::proxy_headers::add_downstream_headers$"),
-    ("`proxy_headers::add_rate_limit_headers` (legacy `X-RateLimit-*` and the IETF draft's `RateLimit`, `RateLimit-Policy`)", r"^proxy::gateway::proxy_headers::add_rate_limit_headers$"),
+    ("`proxy_headers::add_rate_limit_headers` (legacy `RateLimit-Limit`, `-Remaining`, `-Reset` and the IETF draft's `RateLimit`, `RateLimit-Policy`)", r"^proxy::gateway::proxy_headers::add_rate_limit_headers$"),
     ("  `limits::quota::Quota::ietf_value` (formatting the draft's `RateLimit` value)", r"^proxy::limits::quota::Quota::ietf_value$"),
     ("`header_case::edit_request` (all header edits to the backend)", r"^proxy::gateway::header_case::edit_request$"),
     ("`header_case::edit_response` (all header edits to the client)", r"^proxy::gateway::header_case::edit_response$"),
