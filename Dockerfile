@@ -23,9 +23,13 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY proxy/Cargo.toml proxy/Cargo.toml
 COPY mock-backend/Cargo.toml mock-backend/Cargo.toml
-RUN mkdir -p proxy/src mock-backend/src \
+# The tests' shared crate is a workspace member (its manifest must load) but not built here: an
+# empty library stands in for it.
+COPY test-support/Cargo.toml test-support/Cargo.toml
+RUN mkdir -p proxy/src mock-backend/src test-support/src \
     && echo 'fn main() {}' > proxy/src/main.rs \
     && echo 'fn main() {}' > mock-backend/src/main.rs \
+    && touch test-support/src/lib.rs \
     && cargo build --release --locked \
     && rm -rf proxy/src mock-backend/src
 

@@ -9,13 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{CertificateError, ClientConfig, RootCertStore};
+use rcgen::KeyPair;
+use rustls::pki_types::ServerName;
+use rustls::{CertificateError, ClientConfig};
+use test_support::TestCa;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -25,57 +22,8 @@ use common::{
     poll_until, request_bytes, run_expecting_exit, take_response, Backend, Response, TIMEOUT,
 };
 
-/// A throwaway certificate authority.
-struct TestCa {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("self-sign the CA");
-        Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A server certificate for `names` (DNS names or IP addresses) signed by this CA, and its
-    /// key: (certificate PEM, PKCS#8 key PEM).
-    fn leaf(&self, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("leaf params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign the leaf");
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A client that trusts this CA only.
-    fn client(&self) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
-            roots.add(cert.expect("CA PEM")).expect("add root");
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
-}
+/// What the tests' clients offer by ALPN.
+const HTTP1: &[&[u8]] = &[b"http/1.1"];
 
 /// A directory of its own under Cargo's scratch space for integration tests, removed on drop.
 struct TempDir(PathBuf);
@@ -219,7 +167,10 @@ async fn https_serves_every_route_as_plain_http_does() {
         "no tls line on stdout: {:?}",
         backend.stdout()
     );
-    let mut c = backend.connect(certs.ca.client()).await.expect("handshake");
+    let mut c = backend
+        .connect(certs.ca.client(HTTP1, false))
+        .await
+        .expect("handshake");
     let (_, session) = c.stream.get_ref();
     assert_eq!(session.alpn_protocol(), Some(&b"http/1.1"[..]));
 
@@ -277,13 +228,19 @@ async fn https_serves_every_route_as_plain_http_does() {
 async fn reset_fault_drops_https_connections_unanswered() {
     let certs = Certs::new("reset");
     let backend = Backend::start("tb", &certs.tls_args());
-    let mut c = backend.connect(certs.ca.client()).await.expect("handshake");
+    let mut c = backend
+        .connect(certs.ca.client(HTTP1, false))
+        .await
+        .expect("handshake");
     let put = c
         .request("PUT", "/_mock/fault", Some(r#"{"reset": true}"#))
         .await;
     assert_eq!(put.json()["reset"], true);
 
-    let mut victim = backend.connect(certs.ca.client()).await.expect("handshake");
+    let mut victim = backend
+        .connect(certs.ca.client(HTTP1, false))
+        .await
+        .expect("handshake");
     victim
         .stream
         .write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -314,7 +271,10 @@ async fn reset_fault_drops_https_connections_unanswered() {
     );
     assert_eq!(c.get("/stats").await.json()["faulted"], 1);
     assert_eq!(c.request("DELETE", "/_mock/fault", None).await.status, 200);
-    let mut fresh = backend.connect(certs.ca.client()).await.expect("handshake");
+    let mut fresh = backend
+        .connect(certs.ca.client(HTTP1, false))
+        .await
+        .expect("handshake");
     assert_eq!(fresh.get("/x").await.status, 200);
 }
 
@@ -326,7 +286,7 @@ async fn failed_handshakes_are_logged_and_the_server_carries_on() {
     // A client trusting a different CA refuses the server's certificate.
     let other = TestCa::new("some other CA");
     let err = backend
-        .connect(other.client())
+        .connect(other.client(HTTP1, false))
         .await
         .err()
         .expect("a client trusting another CA completed the handshake");
@@ -361,7 +321,10 @@ async fn failed_handshakes_are_logged_and_the_server_carries_on() {
     drop(TcpStream::connect(backend.addr).await.expect("connect"));
 
     // Through all of that the server kept serving.
-    let mut c = backend.connect(certs.ca.client()).await.expect("handshake");
+    let mut c = backend
+        .connect(certs.ca.client(HTTP1, false))
+        .await
+        .expect("handshake");
     assert_eq!(c.get("/health").await.status, 200);
     assert_eq!(c.get("/x").await.json()["path"], "/x");
     let stats = c.get("/stats").await.json();
@@ -376,11 +339,17 @@ async fn failed_handshakes_are_logged_and_the_server_carries_on() {
 async fn sigterm_drains_in_flight_https_requests() {
     let certs = Certs::new("drain");
     let mut backend = Backend::start("tb", &certs.tls_args());
-    let mut slow = backend.connect(certs.ca.client()).await.expect("handshake");
+    let mut slow = backend
+        .connect(certs.ca.client(HTTP1, false))
+        .await
+        .expect("handshake");
     let in_flight = tokio::spawn(async move { slow.get("/delay/300").await });
 
     // Wait until the slow request is in flight (the /stats read itself is one more).
-    let mut probe = backend.connect(certs.ca.client()).await.expect("handshake");
+    let mut probe = backend
+        .connect(certs.ca.client(HTTP1, false))
+        .await
+        .expect("handshake");
     let deadline = Instant::now() + TIMEOUT;
     while probe.get("/stats").await.json()["in_flight"] != 2 {
         assert!(Instant::now() < deadline, "the slow request never arrived");

@@ -156,30 +156,7 @@ pub fn run_expecting_exit(args: &[&str]) -> Option<Output> {
     Some(child.wait_with_output().expect("collect output"))
 }
 
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {} body {:?} is not JSON: {e}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-}
+pub use test_support::Response;
 
 /// The bytes of an HTTP/1.1 request with `Host: host`, and a JSON `body` when there is one.
 pub fn request_bytes(method: &str, path: &str, host: &str, body: Option<&str>) -> Vec<u8> {
