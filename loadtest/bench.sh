@@ -365,7 +365,7 @@ from pathlib import Path
 
 raw, out, here = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 sys.path.insert(0, here)
-from bench_report import cpu_usage, fmt, md_table, median, median_ci, parse_wrk, verdict  # noqa: E402
+from bench_report import cpu_usage, fmt, md_table, median, parse_wrk, ratio_stats, verdict  # noqa: E402
 
 meta = json.loads((raw / "meta.json").read_text())
 meta.update(json.loads((raw / "after.json").read_text()))
@@ -405,15 +405,6 @@ def parse_h2load(path):
         m = re.search(pat, text)
         out[key] = m.group(1).strip() if m else None
     return out
-
-
-def ratio_summary(per_round):
-    v = [x for x in per_round if x is not None]
-    if not v:
-        return {"median": None, "min": None, "max": None, "per_round": per_round}
-    lo, hi, cov = median_ci(v)  # distribution-free 95% CI of the median (bench_report.py)
-    return {"median": statistics.median(v), "min": min(v), "max": max(v), "ci_low": lo, "ci_high": hi,
-            "ci_coverage": cov, "per_round": per_round}
 
 
 def div(a, b):
@@ -473,12 +464,12 @@ def per_round_ratio(data, key, rounds, a="ours", b="nginx"):
 
 
 KA_METRICS = [("rps", "req/s"), ("p99_ms", "p99"), ("cpu_s_per_100k", "CPU / request")]
-ka_ratios = {f"{a}/{b}": {k: ratio_summary(per_round_ratio(ka, k, meta["rounds"], a, b)) for k, _ in KA_METRICS}
+ka_ratios = {f"{a}/{b}": {k: ratio_stats(per_round_ratio(ka, k, meta["rounds"], a, b)) for k, _ in KA_METRICS}
              for a, b in PAIRS}
 ratios = {
     "keepalive": ka_ratios,
-    "handshakes_per_s": ratio_summary(per_round_ratio(hs, "per_s", meta["hs_rounds"])),
-    "handshake_server_cpu_per_conn": ratio_summary(per_round_ratio(hs, "server_us_per_conn", meta["hs_rounds"])),
+    "handshakes_per_s": ratio_stats(per_round_ratio(hs, "per_s", meta["hs_rounds"])),
+    "handshake_server_cpu_per_conn": ratio_stats(per_round_ratio(hs, "server_us_per_conn", meta["hs_rounds"])),
 }
 ka_ratio = ka_ratios["ours/nginx"]["rps"]["median"]
 target_met = None if ka_ratio is None else ka_ratio >= TARGET

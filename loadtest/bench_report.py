@@ -125,7 +125,7 @@ def ratio_stats(per_round):
     return {"n": len(v), "median": med, "ci_low": lo, "ci_high": hi, "ci_coverage": cov,
             "min": min(v), "max": max(v), "ci_half_width_pct": None if hw is None else hw * 100,
             "resolves_5pct": bool(hw is not None and hw <= RESOLVE and cov >= LEVEL),
-            "per_round": [round(x, 4) for x in per_round]}
+            "per_round": [None if x is None else round(x, 4) for x in per_round]}
 
 
 def verdict(st, op, bound):

@@ -56,9 +56,7 @@ impl<'a> JsonObject<'a> {
     pub fn plain_str(&mut self, key: &'static str, value: &str) {
         debug_assert!(!needs_escape(value), "{value:?}");
         self.key(key);
-        self.out.push(b'"');
-        self.out.extend_from_slice(value.as_bytes());
-        self.out.push(b'"');
+        write_quoted(self.out, value);
     }
 
     /// `null` for `None`.
@@ -128,10 +126,15 @@ fn write_str(out: &mut Vec<u8>, value: &str) {
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, value);
     } else {
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
+        write_quoted(out, value);
     }
+}
+
+/// `"value"`, for a value with nothing to escape.
+fn write_quoted(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
 }
 
 /// Below this many milliseconds (about 35 years) an `f64`'s spacing is under a quarter of a

@@ -122,7 +122,7 @@ impl GroupCore {
                 upstream = %self.name,
                 backend = %backend.label,
                 failures = backend.outlier.consecutive(),
-                ejected = self.ejections.count(),
+                ejected = self.backends.ejected_members(),
                 "backend keeps failing but stays: outlier.max_ejected_percent reached"
             ),
             Verdict::Ejected(time) => {

@@ -91,6 +91,7 @@ impl Ejections {
     }
 
     /// Ejections not yet undone (removed backends' included).
+    #[cfg(test)]
     pub fn count(&self) -> usize {
         self.ejected.load(Ordering::Relaxed)
     }
