@@ -420,3 +420,71 @@ async fn tls_to_upstreams_is_verified_and_a_wrong_ca_never_passes() {
         "plain groups are unaffected"
     );
 }
+
+/// HTTP/2 connections are bounded in time as HTTP/1 ones are: one left idle after its requests
+/// is closed after `keepalive_timeout_seconds`, and one that agrees on h2 and then never sends
+/// the connection preface is closed after `header_timeout_ms`. (Pingora serves HTTP/2 itself,
+/// and by default keeps both open for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_are_closed_when_idle_or_silent() {
+    let setup = TlsSetup::new();
+    let backend = Backend::start("b");
+    let config = format!(
+        "{}[server]\nkeepalive_timeout_seconds = 2\nheader_timeout_ms = 1000\n",
+        setup.config("")
+    );
+    let proxy = Proxy::start(&[&backend], &config).await;
+    assert!(tls_ready(&setup).await, "{}", proxy.log());
+    let client = setup.ca.client(&[b"h2"], false);
+    // Far beyond both bounds: reaching it means the connection was kept.
+    let patience = Duration::from_secs(20);
+
+    // A request, then nothing (the client keeps its side open).
+    let tls = tls_connect(client.clone(), setup.hold.addr, "localhost")
+        .await
+        .expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("https://localhost:{}/echo", setup.port()))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).expect("h2 request");
+    let response = response.await.expect("h2 response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.expect("h2 body");
+    }
+    let closed = tokio::time::timeout(patience, connection).await;
+    assert!(
+        closed.is_ok(),
+        "an idle HTTP/2 connection was still open {patience:?} after its request \
+         (keepalive_timeout_seconds = 2)"
+    );
+    drop(send);
+
+    // h2 agreed in the TLS handshake, then silence: the preface never comes.
+    let mut tls = tls_connect(client, setup.hold.addr, "localhost")
+        .await
+        .expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(patience, async {
+        // The server's SETTINGS may come first; then the end of the connection.
+        while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "an HTTP/2 connection without a preface was still open {patience:?} later \
+         (header_timeout_ms = 1000)"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.sum("gateway_downstream_header_timeouts_total", &[]),
+        1.0,
+        "the silent connection, and only it, counts as a header timeout:\n{}",
+        m.text
+    );
+}

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora::prelude::fast_timeout::fast_sleep;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
@@ -29,6 +29,7 @@ use pingora::server::ShutdownWatch;
 
 use crate::config::ServerSettings;
 use crate::gateway::live::LiveState;
+use crate::gateway::preface::PrefaceWatch;
 use crate::gateway::Gateway;
 use crate::limits::client_ip::in_any;
 use crate::limits::sliding_window::ClientKey;
@@ -61,6 +62,16 @@ impl ConnectionBounds {
             max_connections: s.max_connections.get(),
             max_per_client: s.max_connections_per_client,
         }
+    }
+
+    /// What Pingora itself enforces: HTTP/2 connections, which Pingora serves, are closed once
+    /// no stream has been open for the idle bound (Pingora's default keeps them forever). The
+    /// idle bound is `keepalive_timeout`, or `header_timeout` when keep-alive is off (HTTP/2
+    /// has no "one request per connection": an idle one waits no longer than a first header).
+    pub fn server_options(&self) -> HttpServerOptions {
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(self.keepalive_timeout.unwrap_or(self.header_timeout));
+        options
     }
 }
 
@@ -182,11 +193,12 @@ pub struct DownstreamApp {
 
 impl DownstreamApp {
     pub fn new(
-        proxy: HttpProxy<Gateway>,
+        mut proxy: HttpProxy<Gateway>,
         bounds: ConnectionBounds,
         metrics: Arc<Metrics>,
         live: LiveState,
     ) -> Self {
+        proxy.server_options = Some(bounds.server_options());
         Self {
             proxy: Arc::new(proxy),
             bounds,
@@ -268,6 +280,26 @@ impl DownstreamApp {
                 persistent.apply_to_session(&mut session);
             }
             deadline = Instant::now() + self.bounds.keepalive_timeout.unwrap_or_default();
+        }
+    }
+}
+
+impl DownstreamApp {
+    /// Serves an HTTP/2 connection through Pingora (streams, flow control, its idle bound from
+    /// [`ConnectionBounds::server_options`]), with the first header's deadline on the client's
+    /// connection preface, which Pingora's handshake would wait for without end.
+    async fn serve_http2(&self, stream: Stream, accepted: Instant, shutdown: &ShutdownWatch) {
+        let preface_read = Arc::new(AtomicBool::new(false));
+        let stream: Stream = Box::new(PrefaceWatch::new(stream, preface_read.clone()));
+        let serving = ServerApp::process_new(&self.proxy, stream, shutdown);
+        let deadline = accepted + self.bounds.header_timeout;
+        let mut timer = ConnectionTimer::default();
+        if within_header_deadline(serving, &preface_read, deadline, &mut timer)
+            .await
+            .is_none()
+        {
+            self.metrics.header_timeouts.inc();
+            tracing::debug!("HTTP/2 preface not complete within server.header_timeout_ms; closing");
         }
     }
 }
@@ -405,8 +437,8 @@ impl ServerApp for DownstreamApp {
             }
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // HTTP/2 has its own stream and idle handling in Pingora.
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            self.serve_http2(stream, accepted, shutdown).await;
+            return None;
         }
         self.serve_http1(stream, accepted, shutdown).await;
         None

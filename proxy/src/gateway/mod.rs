@@ -9,6 +9,7 @@ pub mod error_response;
 pub mod header_case;
 pub mod live;
 pub mod panic_guard;
+pub mod preface;
 pub mod proxy_headers;
 pub mod request_ctx;
 

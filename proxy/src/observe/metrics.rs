@@ -182,7 +182,7 @@ impl Metrics {
         }
         let header_timeouts = IntCounter::new(
             "gateway_downstream_header_timeouts_total",
-            "Connections closed because a request header was not complete within server.header_timeout_ms",
+            "Connections closed because a request header (HTTP/2: the connection preface) was not complete within server.header_timeout_ms",
         )?;
         let body_timeouts = IntCounter::new(
             "gateway_downstream_body_timeouts_total",
