@@ -122,7 +122,12 @@ pub fn build(
     )));
     let draining = Arc::new(AtomicBool::new(false));
 
-    let gateway = Gateway::new(live.clone(), metrics.clone(), run.access_log.clone());
+    let gateway = Gateway::new(
+        live.clone(),
+        metrics.clone(),
+        run.access_log.clone(),
+        settings.server.send_timeout,
+    );
     // Certificates were checked before anything started (load_and_check_config).
     let tls = match &settings.tls {
         Some(t) => Some(Arc::new(TlsTerminator::new(t)?.0)),

@@ -810,3 +810,53 @@ async fn a_busy_kept_alive_connection_outlives_the_idle_timeout_and_an_idle_one_
     .await;
     assert!(closed, "the idle connection was never closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_at_send_timeout() {
+    let backend = Backend::start("a");
+    let proxy = Proxy::start(&[&backend], "[server]\nsend_timeout_ms = 1000\n").await;
+    // A small receive window, then a 64 MiB answer the client never reads: every buffer on the
+    // way fills and the proxy's writes wait on the client.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let admin = proxy.admin;
+    let cut = wait_until(Duration::from_secs(20), || async move {
+        metric(admin, "gateway_downstream_send_timeouts_total", &[]).await == 1.0
+    })
+    .await;
+    assert!(
+        cut,
+        "a client reading nothing still held its connection 20 s later (send_timeout_ms = 1000)"
+    );
+    // What was buffered before the cut can still be read; then the connection ends, short of
+    // the whole body.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            received += n;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open after the cut");
+    assert!(
+        received < 64 << 20,
+        "the whole body arrived: {received} bytes"
+    );
+    // The backend's side was let go as well, and the proxy serves on.
+    assert!(
+        wait_until(Duration::from_secs(10), || async move {
+            metric(admin, "gateway_downstream_connections", &[]).await == 0.0
+        })
+        .await
+    );
+    assert_eq!(get(proxy.addr, "/after").await.status, 200);
+}

@@ -75,6 +75,8 @@ pub struct FileServer {
     pub header_timeout_ms: u64,
     /// Longest gap between two reads of a request body.
     pub body_timeout_ms: u64,
+    /// Longest a write to the client may wait (a client that stops reading its response).
+    pub send_timeout_ms: u64,
     /// Downstream connections at once; the file descriptor limit is raised to fit.
     pub max_connections: usize,
     /// Downstream connections per client IP; 0 = no cap.
@@ -97,6 +99,7 @@ impl Default for FileServer {
             keepalive_requests: 1000,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            send_timeout_ms: 60_000,
             max_connections: 10_000,
             max_connections_per_client: 256,
             drain_delay_seconds: 0,

@@ -44,6 +44,7 @@ pub struct ServerSettings {
     pub keepalive_requests: NonZeroU32,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_connections: NonZeroUsize,
     /// 0 = no cap.
     pub max_connections_per_client: usize,

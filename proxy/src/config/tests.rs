@@ -369,6 +369,7 @@ fn server_connection_keys_get_contract_defaults() {
     assert_eq!(s.keepalive_requests.get(), 1000);
     assert_eq!(s.header_timeout, Duration::from_millis(10_000));
     assert_eq!(s.body_timeout, Duration::from_millis(30_000));
+    assert_eq!(s.send_timeout, Duration::from_millis(60_000));
     assert_eq!(s.max_connections.get(), 10_000);
     assert_eq!(s.max_connections_per_client, 256);
     assert_eq!(s.drain_delay, Duration::ZERO);
@@ -386,7 +387,7 @@ fn server(lines: &str) -> Result<ServerSettings, String> {
 fn server_connection_keys_take_their_whole_range() {
     let s = server(
         "keepalive_timeout_seconds = 0\nkeepalive_requests = 1\nheader_timeout_ms = 1\n\
-         body_timeout_ms = 3600000\nmax_connections = 1000000\n\
+         body_timeout_ms = 3600000\nsend_timeout_ms = 1\nmax_connections = 1000000\n\
          max_connections_per_client = 0\ndrain_delay_seconds = 3600\n\
          grace_period_seconds = 3600\ngraceful_shutdown_timeout_seconds = 0",
     )
@@ -395,6 +396,7 @@ fn server_connection_keys_take_their_whole_range() {
     assert_eq!(s.keepalive_requests.get(), 1);
     assert_eq!(s.header_timeout, Duration::from_millis(1));
     assert_eq!(s.body_timeout, Duration::from_secs(3600));
+    assert_eq!(s.send_timeout, Duration::from_millis(1));
     assert_eq!(s.max_connections.get(), 1_000_000);
     assert_eq!(s.max_connections_per_client, 0, "0 = no cap");
     assert_eq!(s.drain_delay, Duration::from_secs(3600));
@@ -423,6 +425,12 @@ fn server_connection_keys_reject_zero_and_out_of_range() {
             "at most 3600000",
         ),
         ("body_timeout_ms = 0", "body_timeout_ms", "greater than 0"),
+        ("send_timeout_ms = 0", "send_timeout_ms", "greater than 0"),
+        (
+            "send_timeout_ms = 3600001",
+            "send_timeout_ms",
+            "at most 3600000",
+        ),
         (
             "body_timeout_ms = 3600001",
             "body_timeout_ms",

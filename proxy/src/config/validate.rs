@@ -175,6 +175,7 @@ fn validate_server(s: FileServer) -> Result<ServerSettings, Invalid> {
             .ok_or_else(|| invalid("server.keepalive_requests", "must be at least 1"))?,
         header_timeout: ms_at_most_an_hour("server.header_timeout_ms", s.header_timeout_ms)?,
         body_timeout: ms_at_most_an_hour("server.body_timeout_ms", s.body_timeout_ms)?,
+        send_timeout: ms_at_most_an_hour("server.send_timeout_ms", s.send_timeout_ms)?,
         max_connections: NonZeroUsize::new(s.max_connections)
             .filter(|n| n.get() <= MAX_CONNECTIONS)
             .ok_or_else(|| {

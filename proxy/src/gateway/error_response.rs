@@ -31,7 +31,9 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
             // The client went away or sent garbage.
             ErrorSource::Downstream => match e.etype() {
                 ReadError | WriteError | ConnectionClosed => (0, "client closed the connection"),
-                ReadTimedout | WriteTimedout => (408, "client timeout"),
+                // The client stopped reading: nothing more can reach it.
+                WriteTimedout => (0, "client stopped reading"),
+                ReadTimedout => (408, "client timeout"),
                 _ => (400, "bad request"),
             },
             _ => (500, "internal error"),

@@ -15,7 +15,7 @@ pub mod request_ctx;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -49,16 +49,24 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// Request metrics of requests no route matched.
     no_route: Arc<RouteMetrics>,
+    /// `server.send_timeout_ms` (fixed for the process's life, as the other connection bounds).
+    send_timeout: Duration,
 }
 
 impl Gateway {
-    pub fn new(live: LiveState, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
+    pub fn new(
+        live: LiveState,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+        send_timeout: Duration,
+    ) -> Self {
         Self {
             live,
             no_route: metrics.route(&Arc::from(NO_ROUTE)),
             metrics,
             client_inflight: Inflight::new(),
             access_log,
+            send_timeout,
         }
     }
 
@@ -394,6 +402,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.request_id = proxy_headers::request_id(session.req_header());
+        // Every write to the client is bounded (HTTP/1 and HTTP/2; Pingora's default is none), so
+        // a client that stops reading cannot hold its connection and its backend's for ever.
+        session.set_write_timeout(Some(self.send_timeout));
         let answered = panic_guard::catch(self.admit(session, ctx))
             .await
             .map_err(|m| panic_guard::panicked("request_filter", ctx.request_id(), &m))??;
@@ -571,6 +582,8 @@ impl ProxyHttp for Gateway {
         let (status, message) = classify(e);
         if status == 408 {
             self.metrics.body_timeouts.inc();
+        } else if *e.esource() == ErrorSource::Downstream && e.etype() == &WriteTimedout {
+            self.metrics.send_timeouts.inc();
         }
         if status == 0 {
             tracing::debug!(request_id = ctx.request_id(), cause = %e, "client went away");

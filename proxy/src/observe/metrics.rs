@@ -73,6 +73,8 @@ pub struct Metrics {
     pub header_timeouts: IntCounter,
     /// Requests whose body stalled longer than `server.body_timeout_ms` (answered 408).
     pub body_timeouts: IntCounter,
+    /// Responses cut off because the client read nothing for `server.send_timeout_ms`.
+    pub send_timeouts: IntCounter,
     /// TLS connections closed before a request: the handshake failed or did not finish in time.
     pub tls_handshake_failures: IntCounter,
     upstream_errors: IntCounterVec,
@@ -188,6 +190,10 @@ impl Metrics {
             "gateway_downstream_body_timeouts_total",
             "Requests answered 408 because the body stalled longer than server.body_timeout_ms",
         )?;
+        let send_timeouts = IntCounter::new(
+            "gateway_downstream_send_timeouts_total",
+            "Connections closed because a write to the client waited longer than server.send_timeout_ms (the client stopped reading)",
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "gateway_upstream_errors_total",
@@ -284,6 +290,7 @@ impl Metrics {
         registry.register(Box::new(rejected_connections.clone()))?;
         registry.register(Box::new(header_timeouts.clone()))?;
         registry.register(Box::new(body_timeouts.clone()))?;
+        registry.register(Box::new(send_timeouts.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(backend_ejected.clone()))?;
         registry.register(Box::new(backend_ejections.clone()))?;
@@ -317,6 +324,7 @@ impl Metrics {
             rejected_connections,
             header_timeouts,
             body_timeouts,
+            send_timeouts,
             upstream_errors,
             backend_ejected,
             backend_ejections,
