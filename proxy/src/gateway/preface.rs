@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (RFC 9113 §3.4).
 const PREFACE_LEN: usize = 24;
 
-/// A stream that sets `arrived` once [`PREFACE_LEN`] bytes have been read from it.
+/// A stream that sets `arrived` once the preface's 24 bytes have been read from it.
 #[derive(Debug)]
 pub struct PrefaceWatch {
     inner: Stream,

@@ -22,16 +22,9 @@ use crate::upstream::discovery::{DISCOVERY_INTERVAL, LOOKUP_TIMEOUT};
 ///
 /// It reports ready only after the first discovery and one round of health checks, so a proxy
 /// service that depends on it takes no request while the backend set is still empty (host-name
-/// backends would get 503 at start and after `-u`) or holds a dead backend. Wiring:
-///
-/// ```ignore
-/// let lb = Arc::new(build_balancer(backends.clone(), &settings.upstream.health_check));
-/// let upstream = background_service("upstream health and discovery",
-///     UpstreamService::new(lb.clone(), &settings.upstream.health_check));
-/// let upstream = server.add_service(upstream);
-/// let proxy = server.add_service(proxy);
-/// proxy.add_dependency(&upstream);
-/// ```
+/// backends would get 503 at start and after `-u`) or holds a dead backend. Wiring: each group
+/// owns one (`upstream::group`); the supervisor's background service starts them
+/// (`upstream::supervisor`), and `app::build` makes the proxy services depend on it.
 pub struct UpstreamService {
     lb: Arc<LoadBalancer<RoundRobin>>,
     health_interval: Duration,
