@@ -32,7 +32,8 @@ impl HealthObserve for HealthObserver {
 }
 
 /// The balancer with its health check. It is empty until its first discovery: run it with
-/// [`UpstreamService`](crate::upstream::service::UpstreamService) (its frequencies stay unset; that service schedules both tasks).
+/// [`UpstreamService`](crate::upstream::service::UpstreamService) (its frequencies stay
+/// unset; that service schedules both tasks).
 pub fn build_balancer(
     backends: Arc<ConfiguredBackends>,
     health: &HealthCheckSettings,
