@@ -488,3 +488,44 @@ async fn http2_connections_are_closed_when_idle_or_silent() {
         m.text
     );
 }
+
+/// `send_timeout_ms` on HTTP/2: a client that takes a large answer's headers and then grants no
+/// flow-control window (reads none of the body) has the answer cut; the proxy serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_a_client_that_grants_no_window_is_cut_at_send_timeout() {
+    let setup = TlsSetup::new();
+    let backend = Backend::start("b");
+    let config = format!("{}[server]\nsend_timeout_ms = 1000\n", setup.config(""));
+    let proxy = Proxy::start(&[&backend], &config).await;
+    assert!(tls_ready(&setup).await, "{}", proxy.log());
+    let tls = tls_connect(
+        setup.ca.client(&[b"h2"], false),
+        setup.hold.addr,
+        "localhost",
+    )
+    .await
+    .expect("TLS");
+    let (mut send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("https://localhost:{}/bytes/67108864", setup.port()))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).expect("h2 request");
+    let response = response.await.expect("h2 response");
+    assert_eq!(response.status(), 200);
+    // The body is never read, so no window is given back after the first 64 KiB.
+    let cut = wait_until(Duration::from_secs(20), || async {
+        let m = proxy.metrics().await;
+        m.sum("gateway_downstream_send_timeouts_total", &[]) == 1.0
+    })
+    .await;
+    assert!(
+        cut,
+        "an HTTP/2 answer with no window left was still waiting 20 s later (send_timeout_ms = 1000):\n{}",
+        proxy.log()
+    );
+    drop((response, send));
+    connection.abort();
+    let (version, status, _) = curl(&setup, &["--http2"], "/after");
+    assert_eq!((version.as_str(), status.as_str()), ("2", "200"));
+}
