@@ -421,6 +421,35 @@ async fn tls_to_upstreams_is_verified_and_a_wrong_ca_never_passes() {
     );
 }
 
+/// An HTTP/2 GET of `path` on a new connection (ALPN h2 checked), its response header read:
+/// the request handle (the connection stays open while it lives), the task driving the
+/// connection (it ends when the connection does) and the response.
+async fn h2_get(
+    setup: &TlsSetup,
+    path: &str,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    http::Response<h2::RecvStream>,
+) {
+    let tls = tls_connect(
+        setup.ca.client(&[b"h2"], false),
+        setup.hold.addr,
+        "localhost",
+    )
+    .await
+    .expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("https://localhost:{}{path}", setup.port()))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).expect("h2 request");
+    let response = response.await.expect("h2 response");
+    (send, connection, response)
+}
+
 /// HTTP/2 connections are bounded in time as HTTP/1 ones are: one left idle after its requests
 /// is closed after `keepalive_timeout_seconds`, and one that agrees on h2 and then never sends
 /// the connection preface is closed after `header_timeout_ms`. (Pingora serves HTTP/2 itself,
@@ -440,17 +469,7 @@ async fn http2_connections_are_closed_when_idle_or_silent() {
     let patience = Duration::from_secs(20);
 
     // A request, then nothing (the client keeps its side open).
-    let tls = tls_connect(client.clone(), setup.hold.addr, "localhost")
-        .await
-        .expect("TLS");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
-    let connection = tokio::spawn(connection);
-    let request = http::Request::get(format!("https://localhost:{}/echo", setup.port()))
-        .body(())
-        .unwrap();
-    let (response, _) = send.send_request(request, true).expect("h2 request");
-    let response = response.await.expect("h2 response");
+    let (send, connection, response) = h2_get(&setup, "/echo").await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     while let Some(chunk) = body.data().await {
@@ -498,20 +517,7 @@ async fn http2_a_client_that_grants_no_window_is_cut_at_send_timeout() {
     let config = format!("{}[server]\nsend_timeout_ms = 1000\n", setup.config(""));
     let proxy = Proxy::start(&[&backend], &config).await;
     assert!(tls_ready(&setup).await, "{}", proxy.log());
-    let tls = tls_connect(
-        setup.ca.client(&[b"h2"], false),
-        setup.hold.addr,
-        "localhost",
-    )
-    .await
-    .expect("TLS");
-    let (mut send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
-    let connection = tokio::spawn(connection);
-    let request = http::Request::get(format!("https://localhost:{}/bytes/67108864", setup.port()))
-        .body(())
-        .unwrap();
-    let (response, _) = send.send_request(request, true).expect("h2 request");
-    let response = response.await.expect("h2 response");
+    let (send, connection, response) = h2_get(&setup, "/bytes/67108864").await;
     assert_eq!(response.status(), 200);
     // The body is never read, so no window is given back after the first 64 KiB.
     let cut = wait_until(Duration::from_secs(20), || async {
