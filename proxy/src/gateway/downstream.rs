@@ -6,7 +6,8 @@
 //! read, so a header trickled a byte at a time is never cut), and counts no connections. So the
 //! proxy service runs [`DownstreamApp`]: the same keep-alive loop as Pingora's
 //! `impl ServerApp for HttpServerApp`, with those bounds added around Pingora's request
-//! processing ([`HttpProxy::process_new_http`]).
+//! processing ([`HttpProxy::process_new_http`]). HTTP/2 connections stay Pingora's to serve;
+//! their preface gets the first header's deadline here, and Pingora their idle bound.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -282,9 +283,7 @@ impl DownstreamApp {
             deadline = Instant::now() + self.bounds.keepalive_timeout.unwrap_or_default();
         }
     }
-}
 
-impl DownstreamApp {
     /// Serves an HTTP/2 connection through Pingora (streams, flow control, its idle bound from
     /// [`ConnectionBounds::server_options`]), with the first header's deadline on the client's
     /// connection preface, which Pingora's handshake would wait for without end.
