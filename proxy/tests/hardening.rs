@@ -851,7 +851,7 @@ async fn a_client_that_stops_reading_is_cut_at_send_timeout() {
         received < 64 << 20,
         "the whole body arrived: {received} bytes"
     );
-    // The backend's side was let go as well, and the proxy serves on.
+    // The connection has left the count, and the proxy serves on.
     assert!(
         wait_until(Duration::from_secs(10), || async move {
             metric(admin, "gateway_downstream_connections", &[]).await == 0.0
