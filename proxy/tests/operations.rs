@@ -278,3 +278,47 @@ async fn upgrade_hands_listeners_over_without_losing_requests() {
     assert_eq!(get(proxy.addr, "/new").await.status, 200);
     assert_eq!(get(proxy.admin, "/health").await.status, 200);
 }
+
+/// Admin clients that ask for `/metrics` and read nothing cannot keep `/ready` from probes.
+/// hyper has no write timeout, so each such client held one of the admin listener's 64 slots
+/// for ever once `/metrics` outgrew the socket buffers; a write that waits 5 s now ends its
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_clients_that_read_nothing_cannot_keep_ready_from_probes() {
+    let backend = Backend::start("a");
+    // Every route has its own series: a /metrics page larger than the socket buffers hold
+    // (net.ipv4.tcp_wmem lets a send buffer grow to 4 MiB).
+    let routes: String = (0..3000)
+        .map(|i| {
+            format!(
+                "[[routes]]\nname = \"r{i}\"\npath_prefix = \"/r{i}/\"\nupstream = \"default\"\n"
+            )
+        })
+        .collect();
+    let proxy = Proxy::start(&[&backend], &routes).await;
+    let size = get(proxy.admin, "/metrics").await.text().len();
+    assert!(size > 4 << 20, "/metrics is only {size} bytes");
+    // Every admin slot taken by a client that asks for /metrics and then reads nothing.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1024).unwrap();
+        let mut s = socket.connect(proxy.admin).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // They keep their sockets open; their stalled writes give the slots back.
+    let ready = wait_until(Duration::from_secs(30), || async {
+        try_get(proxy.admin, "/ready")
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(
+        ready,
+        "/ready unreachable 30 s after 64 admin clients stopped reading"
+    );
+    drop(held);
+}

@@ -30,11 +30,14 @@ use tokio::sync::Semaphore;
 use crate::gateway::live::LiveState;
 use crate::limits::shared_store::{redacted, SharedStore};
 use crate::observe::metrics::Metrics;
+use crate::ops::write_deadline::WriteDeadline;
 
 /// Admin connections served at once; more are closed at accept. Scrapers and probes need a few.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// A probe's request header must arrive within this.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write to an admin client may wait this long for it to read (see [`WriteDeadline`]).
+const ADMIN_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin endpoints answer from.
 pub struct AdminApp {
@@ -256,7 +259,10 @@ impl BackgroundService for AdminServer {
                     .timer(TokioTimer::new())
                     .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                     .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(
+                        TokioIo::new(WriteDeadline::new(stream, ADMIN_WRITE_TIMEOUT)),
+                        service,
+                    );
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "admin connection ended");
                 }

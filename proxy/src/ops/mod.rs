@@ -5,3 +5,4 @@ pub mod lifecycle;
 pub mod reload;
 pub mod signals;
 pub mod startup;
+pub mod write_deadline;
