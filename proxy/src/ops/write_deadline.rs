@@ -120,19 +120,26 @@ mod tests {
             "{waited:?}"
         );
 
-        // A reader that makes room within the deadline lets the write through.
+        // A slow reader that makes room every 4 s: each stall is within the deadline, though
+        // together they last 8 s, so the writes go through only if progress restarts it.
         let (near, mut far2) = tokio::io::duplex(8);
         let mut w = WriteDeadline::new(near, Duration::from_secs(5));
         w.write_all(b"12345678").await.unwrap();
         let reader = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(4)).await;
             let mut buf = [0u8; 8];
-            far2.read_exact(&mut buf).await.unwrap();
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                far2.read_exact(&mut buf).await.unwrap();
+            }
             far2
         });
-        w.write_all(b"abcd")
-            .await
-            .expect("room made within the deadline");
+        let started = tokio::time::Instant::now();
+        for chunk in [b"abcdefgh", b"ijklmnop"] {
+            w.write_all(chunk)
+                .await
+                .expect("room made within the deadline each time");
+        }
+        assert!(started.elapsed() >= Duration::from_secs(8));
         drop(reader.await.unwrap());
     }
 }
