@@ -261,9 +261,12 @@ impl DownstreamApp {
                 keepalive_off,
                 body_timeout: self.bounds.body_timeout,
             })));
-            let processing = self.proxy.process_new_http(session, shutdown);
+            // Held here, not by the deadline's future, so a timeout is counted before dropping
+            // it closes the connection (a client that sees the close sees the count).
+            let mut processing = self.proxy.process_new_http(session, shutdown);
             let Some(reused) =
-                within_header_deadline(processing, &header_read, deadline, &mut timer).await
+                within_header_deadline(processing.as_mut(), &header_read, deadline, &mut timer)
+                    .await
             else {
                 if first {
                     self.metrics.header_timeouts.inc();
@@ -290,10 +293,10 @@ impl DownstreamApp {
     async fn serve_http2(&self, stream: Stream, accepted: Instant, shutdown: &ShutdownWatch) {
         let preface_read = Arc::new(AtomicBool::new(false));
         let stream: Stream = Box::new(PrefaceWatch::new(stream, preface_read.clone()));
-        let serving = ServerApp::process_new(&self.proxy, stream, shutdown);
+        let mut serving = ServerApp::process_new(&self.proxy, stream, shutdown);
         let deadline = accepted + self.bounds.header_timeout;
         let mut timer = ConnectionTimer::default();
-        if within_header_deadline(serving, &preface_read, deadline, &mut timer)
+        if within_header_deadline(serving.as_mut(), &preface_read, deadline, &mut timer)
             .await
             .is_none()
         {
@@ -365,16 +368,16 @@ impl ConnectionTimer {
 }
 
 /// Runs `processing` (one request, from reading its header to the end of its response) and
-/// gives up, dropping it, when its header has not been read by `deadline`: `None`. The timer is
+/// gives up when its header has not been read by `deadline`: `None` (the caller then drops it,
+/// which closes the connection). The timer is
 /// only polled when the header is not complete at the first poll, so the common case (a request
 /// already waiting on the socket) never touches it.
-async fn within_header_deadline<F: Future>(
-    processing: F,
+async fn within_header_deadline<F: Future + ?Sized>(
+    mut processing: Pin<&mut F>,
     header_read: &AtomicBool,
     deadline: Instant,
     timer: &mut ConnectionTimer,
 ) -> Option<F::Output> {
-    let mut processing = std::pin::pin!(processing);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = processing.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
