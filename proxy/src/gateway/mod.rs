@@ -381,10 +381,13 @@ fn balance_key<'a>(
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    /// Boxed: Pingora keeps the context inline in its per-request future (~14 KB), which it
+    /// moves whole into a box for every request; the context inline made that copy about 0.9 KB
+    /// larger, a box adds one small allocation (callgrind: 95.9k → 94.9k instructions a request).
+    type CTX = Box<RequestCtx>;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::new(self.live.load_full())
+        Box::new(RequestCtx::new(self.live.load_full()))
     }
 
     fn on_connection_reuse(
