@@ -92,6 +92,110 @@ request = { "X-Env" = "test" }"#,
     assert_eq!(r.json()["headers"]["x-forwarded-for"], "127.0.0.1");
 }
 
+/// The request headers the backend saw for a GET /echo with `headers` (which must answer 200).
+async fn seen_by_backend(proxy: &Proxy, headers: &[(&str, &str)]) -> serde_json::Value {
+    let r = get_with(proxy.addr, None, "/echo", headers).await;
+    assert_eq!(r.status, 200, "{headers:?}: {}", r.text());
+    r.json()["headers"].clone()
+}
+
+/// The fields RFC 9110 §7.6.1 confines to one hop, and those the client's `Connection` names,
+/// never reach the backend; a WebSocket handshake does, normalised; a `Connection` header that
+/// names a forwarding field or is malformed is refused. (What Pingora's standard upstream
+/// request policy does; the gateway applies it itself, see `gateway::hop_by_hop`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_stay_on_the_client_hop() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&[&a], "[headers]\nrequest = { \"X-Env\" = \"test\" }").await;
+    let hop_by_hop = "connection keep-alive proxy-connection proxy-authenticate \
+                      proxy-authorization te trailer upgrade http2-settings";
+    let absent = |h: &serde_json::Value, names: &str| {
+        for name in names.split_whitespace() {
+            assert!(h.get(name).is_none(), "{name} reached the backend: {h}");
+        }
+    };
+
+    // Every standard hop-by-hop field, and two the client nominates, in any case and spacing.
+    let h = seen_by_backend(
+        &proxy,
+        &[
+            ("Connection", "keep-alive, X-Drop-One"),
+            ("connection", " x-drop-two ,"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Proxy-Authenticate", "Basic"),
+            ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+            ("TE", "trailers"),
+            ("Trailer", "X-Checksum"),
+            ("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+            ("X-Drop-One", "1"),
+            ("X-Drop-Two", "2"),
+            ("X-Keep", "3"),
+        ],
+    )
+    .await;
+    absent(&h, hop_by_hop);
+    absent(&h, "x-drop-one x-drop-two");
+    assert_eq!(h["x-keep"], "3", "{h}");
+    assert_eq!(h["x-env"], "test", "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert!(h["x-request-id"].is_string(), "{h}");
+
+    // An upgrade to anything but WebSocket is not passed on.
+    let h = seen_by_backend(
+        &proxy,
+        &[
+            ("Connection", "Upgrade, HTTP2-Settings"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+        ],
+    )
+    .await;
+    absent(&h, hop_by_hop);
+
+    // A WebSocket handshake is, with exactly `Connection: Upgrade` and `Upgrade: websocket`.
+    let h = seen_by_backend(
+        &proxy,
+        &[
+            ("Connection", "keep-alive, Upgrade, X-Drop-One"),
+            ("Upgrade", "WebSocket"),
+            ("X-Drop-One", "1"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+    )
+    .await;
+    assert_eq!(h["connection"], "Upgrade", "{h}");
+    assert_eq!(h["upgrade"], "websocket", "{h}");
+    assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==", "{h}");
+    absent(&h, "x-drop-one");
+
+    // Nine nominations are stripped; a tenth, a forwarding field, a pseudo-header or a name
+    // that is not a token is a bad request, and never reaches a backend.
+    let nine = "x-n1, x-n2, x-n3, x-n4, x-n5, x-n6, x-n7, x-n8, x-n9";
+    let h = seen_by_backend(&proxy, &[("Connection", nine), ("X-N9", "9")]).await;
+    absent(&h, "x-n9");
+    let ten = format!("{nine}, x-n10");
+    for bad in [
+        ten.as_str(),
+        "X-Forwarded-For",
+        "x-forwarded-host",
+        "X-Forwarded-Proto",
+        "Host",
+        ":path",
+        "\"x-quoted\"",
+        "x-a;b",
+    ] {
+        let r = get_with(proxy.addr, None, "/echo", &[("Connection", bad)]).await;
+        assert_eq!(r.status, 400, "Connection: {bad}: {}", r.text());
+        assert_eq!(r.json()["status"], 400, "Connection: {bad}");
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(m.sum("gateway_upstream_errors_total", &[]), 0.0);
+    let reached = a.path_count("/echo").await;
+    assert_eq!(reached, 4, "only the four good requests reach the backend");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_pooled() {
     let a = Backend::start("a");

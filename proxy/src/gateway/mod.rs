@@ -7,6 +7,7 @@
 pub mod downstream;
 pub mod error_response;
 pub mod header_case;
+pub mod hop_by_hop;
 pub mod live;
 pub mod panic_guard;
 pub mod preface;
@@ -461,10 +462,13 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
-        _upstream_request: &mut RequestHeader,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // Where Pingora's own (per-peer, here switched off) request policy would have run.
+        let http11 = session.req_header().version == http::Version::HTTP_11;
+        hop_by_hop::strip(upstream_request, http11)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
