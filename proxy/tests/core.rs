@@ -102,7 +102,8 @@ async fn seen_by_backend(proxy: &Proxy, headers: &[(&str, &str)]) -> serde_json:
 /// The fields RFC 9110 §7.6.1 confines to one hop, and those the client's `Connection` names,
 /// never reach the backend; a WebSocket handshake does, normalised; a `Connection` header that
 /// names a forwarding field or is malformed is refused. (What Pingora's standard upstream
-/// request policy does; the gateway applies it itself, see `gateway::hop_by_hop`.)
+/// request policy does; the gateway applies it itself, see `gateway::hop_by_hop`.) Unlike under
+/// Pingora's policy, a nomination cannot remove a header the gateway sets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_fields_stay_on_the_client_hop() {
     let a = Backend::start("a");
@@ -140,6 +141,21 @@ async fn hop_by_hop_fields_stay_on_the_client_hop() {
     assert_eq!(h["x-env"], "test", "{h}");
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
     assert!(h["x-request-id"].is_string(), "{h}");
+
+    // What the gateway sets stays, nominated or not: the request id (here the client's own,
+    // which the gateway keeps) and the configured header.
+    let h = seen_by_backend(
+        &proxy,
+        &[
+            ("Connection", "X-Request-Id, x-env, X-Drop-One"),
+            ("X-Request-Id", "client-id-7"),
+            ("X-Drop-One", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(h["x-request-id"], "client-id-7", "{h}");
+    assert_eq!(h["x-env"], "test", "{h}");
+    absent(&h, "x-drop-one connection");
 
     // An upgrade to anything but WebSocket is not passed on.
     let h = seen_by_backend(
@@ -193,7 +209,7 @@ async fn hop_by_hop_fields_stay_on_the_client_hop() {
     let m = proxy.metrics().await;
     assert_eq!(m.sum("gateway_upstream_errors_total", &[]), 0.0);
     let reached = a.path_count("/echo").await;
-    assert_eq!(reached, 4, "only the four good requests reach the backend");
+    assert_eq!(reached, 5, "only the five good requests reach the backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,12 +6,19 @@
 //! although almost no request carries any such field. The gateway sets that policy to
 //! `preserve` on its peers ([`crate::upstream::group::Group::peer`]) and applies the same rules
 //! here, at the same point (each attempt's copy of the request, before anything else edits it),
-//! after one pass over the field names that finds nothing to do for most requests.
+//! after one pass over the field names that finds nothing to do for most requests. (The policy
+//! also governs Pingora's HTTP/2 upstream requests; the gateway's peers offer no ALPN `h2`, so
+//! every upstream request is HTTP/1.1 and goes through here.)
 //!
 //! The rules, as Pingora's standard policy has them:
 //! - each field the client's `Connection` nominates is removed; a nomination that is not an
 //!   HTTP token, a pseudo-header, `Host` or an `X-Forwarded-{For,Host,Proto}`, or a tenth
-//!   nomination, makes the request a bad one (`InvalidHTTPHeader`, downstream: a 400);
+//!   nomination, makes the request a bad one (`InvalidHTTPHeader`, downstream: a 400).
+//!   One difference: a field the gateway itself sets on the request (`X-Request-Id`,
+//!   `X-Forwarded-Prefix`, `[headers.request]`, the route's headers) stays. The client's own
+//!   value of it never reaches the backend anyway, and under Pingora's policy, which runs after
+//!   the gateway has added them, `Connection: X-Request-Id` or the name of an injected header
+//!   removed the gateway's value;
 //! - `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
 //!   `Trailer`, `Transfer-Encoding`, `Connection`, `Upgrade` and `HTTP2-Settings` are removed
 //!   (Pingora frames a body again after the filters: chunked when it has no length);
@@ -41,8 +48,13 @@ const HOP_BY_HOP: [&str; 10] = [
 
 /// Removes what must not go past this hop from `req`, the copy of the client's request about
 /// to go upstream. `downstream_http11`: the client spoke HTTP/1.1 (a WebSocket handshake is
-/// only passed on then). An error is the client's: its `Connection` header is refused.
-pub fn strip(req: &mut RequestHeader, downstream_http11: bool) -> Result<()> {
+/// only passed on then). `set_by_gateway`: the fields the gateway has set on it, which a
+/// nomination does not remove. An error is the client's: its `Connection` header is refused.
+pub fn strip(
+    req: &mut RequestHeader,
+    downstream_http11: bool,
+    set_by_gateway: impl Fn(&HeaderName) -> bool,
+) -> Result<()> {
     if !req.headers.keys().any(is_hop_by_hop) {
         // No `Connection` (so nothing nominated), no `Upgrade`, nothing to remove.
         return Ok(());
@@ -53,7 +65,7 @@ pub fn strip(req: &mut RequestHeader, downstream_http11: bool) -> Result<()> {
             .headers
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    for name in nominated.iter().flatten() {
+    for name in nominated.iter().flatten().filter(|n| !set_by_gateway(n)) {
         req.remove_header(name);
     }
     for name in HOP_BY_HOP {
@@ -157,7 +169,7 @@ mod tests {
     #[test]
     fn a_request_without_hop_by_hop_fields_is_left_as_it_is() {
         let mut req = request(&[("Host", "a"), ("X-One", "1"), ("Accept", "*/*")]);
-        strip(&mut req, true).unwrap();
+        strip(&mut req, true, |_| false).unwrap();
         assert_eq!(names(&req), ["accept", "host", "x-one"]);
     }
 
@@ -174,8 +186,19 @@ mod tests {
             ("X-B", "2"),
             ("X-C", "3"),
         ]);
-        strip(&mut req, true).unwrap();
+        strip(&mut req, true, |_| false).unwrap();
         assert_eq!(names(&req), ["host", "x-c"]);
+    }
+
+    #[test]
+    fn a_nomination_does_not_remove_what_the_gateway_set() {
+        let mut req = request(&[
+            ("Connection", "x-request-id, x-client"),
+            ("X-Request-Id", "gw-1"),
+            ("X-Client", "c"),
+        ]);
+        strip(&mut req, true, |n| n == "x-request-id").unwrap();
+        assert_eq!(names(&req), ["x-request-id"]);
     }
 
     #[test]
@@ -185,21 +208,21 @@ mod tests {
             ("Upgrade", "WebSocket"),
         ];
         let mut req = request(&ws);
-        strip(&mut req, true).unwrap();
+        strip(&mut req, true, |_| false).unwrap();
         assert_eq!(req.headers["connection"], "Upgrade");
         assert_eq!(req.headers["upgrade"], "websocket");
         let mut req = request(&ws);
-        strip(&mut req, false).unwrap();
+        strip(&mut req, false, |_| false).unwrap();
         assert!(names(&req).is_empty(), "{:?}", names(&req));
         let mut req = request(&[("Connection", "Upgrade"), ("Upgrade", "h2c")]);
-        strip(&mut req, true).unwrap();
+        strip(&mut req, true, |_| false).unwrap();
         assert!(names(&req).is_empty(), "{:?}", names(&req));
     }
 
     #[test]
     fn bad_nominations_are_the_clients_error() {
         let nine = "a, b, c, d, e, f, g, h, i";
-        assert!(strip(&mut request(&[("Connection", nine)]), true).is_ok());
+        assert!(strip(&mut request(&[("Connection", nine)]), true, |_| false).is_ok());
         for bad in [
             format!("{nine}, j"),
             "Host".into(),
@@ -208,7 +231,7 @@ mod tests {
             "\"x\"".into(),
             "a b".into(),
         ] {
-            let e = strip(&mut request(&[("Connection", &bad)]), true).unwrap_err();
+            let e = strip(&mut request(&[("Connection", &bad)]), true, |_| false).unwrap_err();
             assert_eq!(e.etype(), &InvalidHTTPHeader, "{bad}");
             assert_eq!(e.esource(), &pingora::ErrorSource::Downstream, "{bad}");
         }

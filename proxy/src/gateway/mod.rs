@@ -476,7 +476,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Where Pingora's own (per-peer, here switched off) request policy would have run.
         let http11 = session.req_header().version == http::Version::HTTP_11;
-        hop_by_hop::strip(upstream_request, http11)?;
+        hop_by_hop::strip(upstream_request, http11, |name| {
+            proxy_headers::set_by_gateway(name, ctx)
+        })?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }

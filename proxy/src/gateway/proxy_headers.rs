@@ -102,6 +102,23 @@ pub fn add_upstream_headers(req: &mut RequestHeader, ctx: &RequestCtx) -> pingor
     })
 }
 
+/// Whether the gateway sets `name` on this request's way upstream (`add_upstream_headers`):
+/// a client's `Connection` header does not get to remove it. (`X-Forwarded-For`, `-Host` and
+/// `-Proto` are refused outright when nominated.)
+pub fn set_by_gateway(name: &HeaderName, ctx: &RequestCtx) -> bool {
+    let route = ctx.route();
+    *name == X_REQUEST_ID.key
+        || (*name == X_FORWARDED_PREFIX.key && route.is_some_and(|r| r.forwarded_prefix.is_some()))
+        || ctx
+            .live
+            .settings
+            .headers
+            .request
+            .iter()
+            .any(|c| c.name.key == *name)
+        || route.is_some_and(|r| r.request_headers.iter().any(|c| c.name.key == *name))
+}
+
 /// The client's `X-Forwarded-For` list, then the peer: nginx's `$proxy_add_x_forwarded_for`.
 /// Public for the benchmarks' reference proxy (`bare_proxy --contract-headers`).
 pub fn forwarded_for(req: &RequestHeader, peer: IpAddr) -> pingora::Result<HeaderValue> {
