@@ -4,7 +4,11 @@
 //! the command line (Pingora's `LoadBalancer<RoundRobin>`, as the gateway uses), upstream
 //! keepalive (Pingora's connection pool) and `X-Forwarded-For`, with the gateway's allocator
 //! (mimalloc). No health checks, rate limiting, metrics, logging or other headers, so the
-//! difference to the gateway is what those cost.
+//! difference to the gateway is what those cost. Otherwise it keeps Pingora's defaults, as a
+//! Pingora user's proxy would: the standard upstream request policy (hop-by-hop fields stripped
+//! with 13 removals per request) and the response-compression module switched off. The gateway
+//! does without both: its own pass over the fields (about 0.2k instructions per request under
+//! callgrind, where Pingora's policy costs bare 3.5k) and no module (about 0.8k).
 //!
 //! ```text
 //! cargo build --release --example bare_proxy
