@@ -502,7 +502,6 @@ inside = [
     ("`limits::sliding_window::RateLimiter::check_at` (rate limiter check)", r"^proxy::limits::sliding_window::RateLimiter::check_at$"),
     ("`routing::Router::find` (route lookup)", r"^proxy::routing::Router::find$"),
     ("Pingora's upstream request policy, `proxy_common::sanitize_h1_upstream_request` (13 removals and a `Connection` parse per request; ours sets the policy to `preserve`, which returns at once)", r"^pingora_proxy::proxy_common::sanitize_h1_upstream_request$"),
-    ("`hop_by_hop::strip` (the same rules, ours: one pass over the names, nothing else when none is hop-by-hop)", r"^proxy::gateway::hop_by_hop::strip$"),
     ("Pingora's idle compression module: building its context, `HttpModules::build_ctx` (its filter calls come on top; ours adds no module)", r"^pingora_core::modules::http::HttpModules::build_ctx$"),
     ("`upstream::group::Group::pick` (round robin, down set)", r"^proxy::upstream::group::Group::pick$"),
     ("`observe::metrics::RouteMetrics::with_series` (per-route metrics)", r"^proxy::observe::metrics::RouteMetrics::with_series$"),

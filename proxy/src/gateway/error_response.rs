@@ -12,6 +12,10 @@ use crate::gateway::request_ctx::RequestCtx;
 /// The message (and error context) of a 503 for a group at its `limits.max_requests`.
 pub const OVERLOADED: &str = "upstream overloaded";
 
+/// The message of a client that stopped reading (a downstream write timeout): nothing is sent,
+/// and `fail_to_proxy` counts it by this message.
+pub const CLIENT_STOPPED_READING: &str = "client stopped reading";
+
 /// Status and short message for a failed proxy attempt, by the error's type and source.
 pub fn classify(e: &Error) -> (u16, &'static str) {
     use pingora::ErrorSource;
@@ -32,7 +36,7 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
             ErrorSource::Downstream => match e.etype() {
                 ReadError | WriteError | ConnectionClosed => (0, "client closed the connection"),
                 // The client stopped reading: nothing more can reach it.
-                WriteTimedout => (0, "client stopped reading"),
+                WriteTimedout => (0, CLIENT_STOPPED_READING),
                 ReadTimedout => (408, "client timeout"),
                 _ => (400, "bad request"),
             },

@@ -37,7 +37,7 @@ use crate::routing::{host_buffer, host_key};
 use crate::upstream::retry::{self, RetryReason};
 use crate::upstream::BackendInfo;
 use downstream::ConnectionContext;
-use error_response::{classify, write_error, OVERLOADED};
+use error_response::{classify, write_error, CLIENT_STOPPED_READING, OVERLOADED};
 use live::LiveState;
 use proxy_headers::X_FORWARDED_FOR;
 use request_ctx::{group_of, quota_of, AttemptGuard, InflightGuard, RequestCtx};
@@ -599,7 +599,7 @@ impl ProxyHttp for Gateway {
         let (status, message) = classify(e);
         if status == 408 {
             self.metrics.body_timeouts.inc();
-        } else if *e.esource() == ErrorSource::Downstream && e.etype() == &WriteTimedout {
+        } else if message == CLIENT_STOPPED_READING {
             self.metrics.send_timeouts.inc();
         }
         if status == 0 {
